@@ -1,0 +1,33 @@
+# Two commands matter: `make run` (demo against the built-in emulated workspace) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint typecheck unit venv clean bench soak
+
+$(BIN)/serving-sidecar: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/serving-sidecar
+
+run: venv
+	$(BIN)/serving-sidecar demo
+
+lint: venv
+	$(BIN)/ruff check proxy tests scripts
+	$(BIN)/ruff format --check proxy tests scripts
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+test: lint typecheck
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Emulated Databricks workspace: control plane, data plane and fault knobs."""
