@@ -1,0 +1,72 @@
+"""Admin listener: /healthz (alive), /startupz (started), /readyz (ready to serve), /metrics.
+
+Kubernetes: startupProbe -> /startupz, livenessProbe -> /healthz, readinessProbe -> /readyz.
+Readiness does not depend on model health: only on a working credential, listeners up, not draining.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy.metrics import CONTENT_TYPE, Metrics
+
+
+@dataclass(frozen=True)
+class Health:
+    started: bool
+    listening: bool
+    credential_ok: bool
+    draining: bool
+    credential_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.listening and self.credential_ok and not self.draining
+
+    def reason(self) -> str:
+        if self.draining:
+            return "draining"
+        if not self.listening:
+            return "listeners are not up"
+        if not self.credential_ok:
+            detail = f": {self.credential_error}" if self.credential_error else ""
+            return f"no working workspace credential yet{detail}"
+        return "ready"
+
+
+def build_admin_app(health: Callable[[], Health], metrics: Metrics) -> web.Application:
+    def status(ok: bool, reason: str) -> web.Response:
+        return web.Response(
+            status=200 if ok else 503,
+            text=json.dumps({"status": "ok" if ok else "unavailable", "reason": reason}),
+            content_type="application/json",
+        )
+
+    async def healthz(_: web.Request) -> web.Response:
+        return status(True, "alive")
+
+    async def startupz(_: web.Request) -> web.Response:
+        current = health()
+        return status(current.started, "started" if current.started else "starting")
+
+    async def readyz(_: web.Request) -> web.Response:
+        current = health()
+        metrics.ready.set(1 if current.ready else 0)
+        return status(current.ready, current.reason())
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        metrics.ready.set(1 if health().ready else 0)
+        response = web.Response(body=metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/startupz", startupz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app

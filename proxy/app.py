@@ -1,0 +1,153 @@
+"""Composition root: builds every part from Settings and owns start / ready / stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from proxy.admin import Health, build_admin_app
+from proxy.config import Address, Settings
+from proxy.credentials.cache import Fetch
+from proxy.credentials.oauth import OAuthClient, SecretReader
+from proxy.credentials.sources import (
+    Credentials,
+    secret_from_file,
+    secret_from_value,
+    workload_identity_fetch,
+)
+from proxy.downstream.http import HttpFront
+from proxy.endpoints import Resolver, metadata_fetcher
+from proxy.errors import SidecarError
+from proxy.forwarding import Forwarder
+from proxy.metrics import UNRESOLVED, Metrics
+from proxy.upstream import Timeouts, Upstream, build_ssl_context
+
+log = logging.getLogger("serving_sidecar")
+
+
+@dataclass
+class _Listener:
+    runner: web.AppRunner
+    address: Address
+    port: int = 0
+
+
+class Sidecar:
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry)
+        self.upstream = Upstream(
+            ssl_context=build_ssl_context(settings.ca_bundle),
+            pool_size=settings.pool_size,
+            timeouts=Timeouts(
+                connect=settings.connect_timeout,
+                first_byte=settings.first_byte_timeout,
+                stream_idle=settings.stream_idle_timeout,
+                idle_connection=settings.idle_connection_timeout,
+            ),
+        )
+        self.oauth = OAuthClient(
+            self.upstream.fetch,
+            token_url=settings.token_url,
+            client_id=settings.client_id,
+            read_secret=_secret_reader(settings),
+        )
+        self.credentials = Credentials(self.oauth, self._workspace_fetch(), observer=self.metrics.observe_token_fetch)
+        self.resolver = Resolver(
+            metadata_fetcher(self.upstream.fetch, self.credentials.workspace, settings.host),
+            workspace_url=settings.host,
+            ttl=settings.metadata_ttl,
+            on_resolve=self.metrics.observe_resolution,
+        )
+        self.forwarder = Forwarder(self.resolver, self.credentials, self.upstream)
+        self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label)
+        self._listeners: dict[str, _Listener] = {}
+        self._started = False
+        self._draining = False
+        self._warm_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Sidecar(host={self.settings.host!r}, listeners={list(self._listeners)}, {self.health()})"
+
+    def _workspace_fetch(self) -> Fetch:
+        if self.settings.auth == "workload-identity" and self.settings.token_file is not None:
+            return workload_identity_fetch(self.oauth, self.settings.token_file)
+        return self.oauth.client_credentials
+
+    def endpoint_label(self, name: str) -> str:
+        """Metric label for an endpoint name: configured or resolved names only."""
+        if name in self.settings.endpoints or self.resolver.cached(name) is not None:
+            return name
+        return UNRESOLVED
+
+    def health(self) -> Health:
+        workspace = self.credentials.workspace
+        error = workspace.last_error
+        return Health(
+            started=self._started,
+            listening=bool(self._listeners) and not self._draining,
+            credential_ok=workspace.is_usable(),
+            draining=self._draining,
+            credential_error=None if error is None else f"{error.error}: {error.description}".rstrip(": "),
+        )
+
+    def port(self, name: str) -> int:
+        """The bound port of listener `name` ("http", "admin", ...): useful with port 0."""
+        return self._listeners[name].port
+
+    async def start(self) -> None:
+        """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
+        await self._listen("admin", build_admin_app(self.health, self.metrics), self.settings.admin_listen)
+        await self._listen("http", self.http_front.app(), self.settings.http_listen)
+        self.credentials.start()
+        self._warm_task = asyncio.get_running_loop().create_task(self._warm_configured())
+        self._started = True
+
+    async def _listen(self, name: str, app: web.Application, address: Address) -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+        await runner.setup()
+        site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
+        await site.start()
+        port = int(runner.addresses[0][1]) if runner.addresses else address.port
+        self._listeners[name] = _Listener(runner, address, port)
+        log.info("listening", extra={"listener": name, "address": f"{address.host}:{port}"})
+
+    async def _warm_configured(self) -> None:
+        for name in self.settings.endpoints:
+            try:
+                await self.forwarder.warm(name, self.settings.warm_connections)
+            except SidecarError as error:
+                log.warning("could not warm endpoint %s: %s", name, error.message)
+
+    async def wait_ready(self, seconds: float) -> bool:
+        """Poll readiness for up to `seconds`; True once ready."""
+        for _ in range(max(1, int(seconds / 0.05))):
+            if self.health().ready:
+                return True
+            await asyncio.sleep(0.05)
+        return self.health().ready
+
+    async def stop(self) -> None:
+        self._draining = True
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warm_task
+        for listener in reversed(list(self._listeners.values())):
+            await listener.runner.cleanup()
+        self._listeners.clear()
+        await self.credentials.close()
+        await self.upstream.close()
+
+
+def _secret_reader(settings: Settings) -> SecretReader | None:
+    if settings.client_secret_file is not None:
+        return secret_from_file(settings.client_secret_file)
+    if settings.client_secret:
+        return secret_from_value(settings.client_secret)
+    return None

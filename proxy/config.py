@@ -1,0 +1,334 @@
+"""Settings: flags, `SERVING_SIDECAR_*` environment, a YAML file and `~/.databrickscfg`, validated once.
+
+This is the only module that reads `os.environ`. Precedence for every option: command-line flag, then
+the environment variable, then the `--config` YAML file, then the default. Workspace credentials use the
+Databricks unified-auth names (`DATABRICKS_HOST`, `DATABRICKS_CLIENT_ID`, `DATABRICKS_CLIENT_SECRET`,
+`DATABRICKS_CONFIG_PROFILE`). Every error names the key at fault.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from proxy.errors import ConfigError
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+ENV_PREFIX = "SERVING_SIDECAR_"
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag `--name`, env var `SERVING_SIDECAR_NAME`, YAML key `name` (dashes as underscores)."""
+
+    name: str
+    kind: Literal["str", "int", "float", "bool", "list", "choice"]
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    env: str = ""  # overrides the SERVING_SIDECAR_ name (Databricks unified-auth variables)
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def env_name(self) -> str:
+        return self.env or ENV_PREFIX + self.key.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "str", None, "Databricks workspace URL", env="DATABRICKS_HOST"),
+    Option("client-id", "str", None, "service principal application id (OAuth M2M)", env="DATABRICKS_CLIENT_ID"),
+    Option(
+        "client-secret-file",
+        "str",
+        None,
+        "file holding the client secret, re-read when it changes (Kubernetes Secret mount)",
+    ),
+    Option("profile", "str", None, "profile of ~/.databrickscfg to read", env="DATABRICKS_CONFIG_PROFILE"),
+    Option(
+        "auth",
+        "choice",
+        "oauth-m2m",
+        "how to obtain the workspace token",
+        choices=("oauth-m2m", "workload-identity"),
+    ),
+    Option("token-file", "str", None, "workload identity: projected service-account token file"),
+    Option("token-audience", "str", None, "workload identity: audience of that token (default: token URL)"),
+    Option("http-listen", "str", "127.0.0.1:8484", "HTTP listener for local callers"),
+    Option("grpc-listen", "str", "127.0.0.1:8485", "gRPC listener for local callers"),
+    Option("admin-listen", "str", "127.0.0.1:8486", "admin listener: /healthz /readyz /startupz /metrics"),
+    Option(
+        "allow-remote-clients",
+        "bool",
+        False,
+        "allow non-loopback HTTP/gRPC listen addresses (anyone reaching the port spends the SP's rights)",
+    ),
+    Option("ca-bundle", "str", None, "PEM file of extra CAs trusted for the workspace and data plane"),
+    Option("endpoint", "list", (), "endpoint resolved and warmed at start (repeatable)"),
+    Option("pool-size", "int", 256, "max connections per upstream host"),
+    Option("warm-connections", "int", 2, "connections opened per upstream host when an endpoint resolves"),
+    Option("connect-timeout", "float", 10.0, "seconds for TCP + TLS handshake to an upstream"),
+    Option("first-byte-timeout", "float", 300.0, "seconds to wait for the upstream's response headers"),
+    Option("stream-idle-timeout", "float", 300.0, "seconds allowed between two chunks of a streamed answer"),
+    Option("idle-connection-timeout", "float", 30.0, "close pooled connections idle this long (seconds)"),
+    Option("metadata-ttl", "float", 300.0, "seconds an endpoint resolution is cached"),
+)
+
+_BY_KEY = {opt.key: opt for opt in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    client_id: str
+    client_secret: str | None
+    client_secret_file: Path | None
+    auth: str
+    token_file: Path | None
+    token_audience: str | None
+    http_listen: Address
+    grpc_listen: Address
+    admin_listen: Address
+    allow_remote_clients: bool
+    ca_bundle: Path | None
+    endpoints: tuple[str, ...]
+    pool_size: int
+    warm_connections: int
+    connect_timeout: float
+    first_byte_timeout: float
+    stream_idle_timeout: float
+    idle_connection_timeout: float
+    metadata_ttl: float
+    source: str = field(default="", compare=False)
+
+    def __repr__(self) -> str:
+        secret = "set" if self.client_secret else "unset"
+        return f"Settings(host={self.host!r}, client_id={self.client_id!r}, client_secret=<{secret}>)"
+
+    @property
+    def token_url(self) -> str:
+        return self.host + "/oidc/v1/token"
+
+
+def load(
+    flags: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    home: Path | None = None,
+) -> Settings:
+    """Merge flags (None = not given), environment, YAML file and defaults into validated Settings."""
+    env = os.environ if environ is None else environ
+    config_path = flags.get("config") or env.get(ENV_PREFIX + "CONFIG")
+    file_values = _read_yaml(Path(config_path)) if config_path else {}
+    raw = {opt.key: _pick(opt, flags, env, file_values) for opt in OPTIONS}
+    profile = _read_profile(raw["profile"], home or Path.home())
+    return _validate(raw, env, profile)
+
+
+def _pick(opt: Option, flags: Mapping[str, Any], env: Mapping[str, str], file_values: Mapping[str, Any]) -> Any:
+    flag = flags.get(opt.key)
+    if flag is not None and flag != [] and flag is not False:
+        return flag
+    if opt.env_name in env:
+        return _parse(opt, env[opt.env_name], opt.env_name)
+    if opt.key in file_values:
+        return _parse(opt, file_values[opt.key], f"{opt.key} (config file)")
+    return opt.default
+
+
+def _parse(opt: Option, value: Any, where: str) -> Any:
+    parsers: dict[str, Callable[[Any], Any]] = {
+        "str": str,
+        "choice": str,
+        "int": int,
+        "float": float,
+        "bool": _parse_bool,
+        "list": _parse_list,
+    }
+    try:
+        parsed = parsers[opt.kind](value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: expected {opt.kind}, got {value!r}") from exc
+    if opt.choices and parsed not in opt.choices:
+        raise ConfigError(f"{where}: must be one of {', '.join(opt.choices)}, got {parsed!r}")
+    return parsed
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(value)
+
+
+def _parse_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if isinstance(value, list | tuple):
+        return tuple(str(item) for item in value)
+    raise ValueError(value)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of option: value")
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    if "endpoints" in values:
+        values["endpoint"] = values.pop("endpoints")
+    unknown = sorted(set(values) - set(_BY_KEY) - {"client_secret"})
+    if unknown:
+        raise ConfigError(f"config: unknown key(s) {', '.join(unknown)} in {path}")
+    if "client_secret" in values:
+        raise ConfigError(
+            f"config: client_secret in {path}: put the secret in a file (client_secret_file) "
+            "or in DATABRICKS_CLIENT_SECRET, never in the config file"
+        )
+    return values
+
+
+def _read_profile(name: str | None, home: Path) -> Mapping[str, str]:
+    if not name:
+        return {}
+    path = home / ".databrickscfg"
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"profile: cannot read {path}: {exc.strerror}") from exc
+    except configparser.Error as exc:
+        raise ConfigError(f"profile: {path} is malformed: {exc.message}") from exc
+    if name not in parser:
+        raise ConfigError(f"profile: no profile [{name}] in {path}")
+    return dict(parser[name])
+
+
+def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str, str]) -> Settings:
+    host = _normalize_host(raw["host"] or profile.get("host"))
+    client_id = raw["client_id"] or profile.get("client_id")
+    secret = env.get("DATABRICKS_CLIENT_SECRET") or profile.get("client_secret")
+    secret_file = _existing_file(raw["client_secret_file"], "client-secret-file")
+    auth = raw["auth"]
+    if not client_id:
+        if env.get("DATABRICKS_TOKEN") or profile.get("token"):
+            raise ConfigError(
+                "a personal access token (DATABRICKS_TOKEN) cannot be used: route-optimized serving "
+                "endpoints accept Databricks OAuth tokens only. Configure a service principal with "
+                "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (or --client-secret-file)."
+            )
+        raise ConfigError("client-id: set DATABRICKS_CLIENT_ID (the service principal's application id)")
+    if auth == "oauth-m2m" and not (secret or secret_file):
+        raise ConfigError("client secret: set DATABRICKS_CLIENT_SECRET or --client-secret-file for --auth oauth-m2m")
+    token_file = _existing_file(raw["token_file"], "token-file")
+    if auth == "workload-identity" and token_file is None:
+        raise ConfigError("token-file: --auth workload-identity needs the projected service-account token file")
+    listens = {key: _address(raw[key], key) for key in ("http_listen", "grpc_listen", "admin_listen")}
+    if not raw["allow_remote_clients"]:
+        for key in ("http_listen", "grpc_listen"):
+            if not listens[key].is_loopback:
+                raise ConfigError(
+                    f"{key.replace('_', '-')}: {listens[key]} is not a loopback address; anyone who can "
+                    "reach it spends the service principal's rights. Pass --allow-remote-clients to accept."
+                )
+    return Settings(
+        host=host,
+        client_id=str(client_id),
+        client_secret=secret,
+        client_secret_file=secret_file,
+        auth=auth,
+        token_file=token_file,
+        token_audience=raw["token_audience"],
+        http_listen=listens["http_listen"],
+        grpc_listen=listens["grpc_listen"],
+        admin_listen=listens["admin_listen"],
+        allow_remote_clients=raw["allow_remote_clients"],
+        ca_bundle=_existing_file(raw["ca_bundle"], "ca-bundle"),
+        endpoints=tuple(raw["endpoint"]),
+        pool_size=_positive(raw["pool_size"], "pool-size"),
+        warm_connections=max(0, int(raw["warm_connections"])),
+        connect_timeout=_positive(raw["connect_timeout"], "connect-timeout"),
+        first_byte_timeout=_positive(raw["first_byte_timeout"], "first-byte-timeout"),
+        stream_idle_timeout=_positive(raw["stream_idle_timeout"], "stream-idle-timeout"),
+        idle_connection_timeout=_positive(raw["idle_connection_timeout"], "idle-connection-timeout"),
+        metadata_ttl=_positive(raw["metadata_ttl"], "metadata-ttl"),
+    )
+
+
+def _normalize_host(value: str | None) -> str:
+    if not value:
+        raise ConfigError("host: set DATABRICKS_HOST (the workspace URL, e.g. https://my.cloud.databricks.com)")
+    text = value if "://" in value else "https://" + value
+    parts = urlsplit(text)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ConfigError(f"host: {value!r} is not a workspace URL")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"host: {value!r} has an invalid port") from exc
+    netloc = parts.hostname if port is None else f"{parts.hostname}:{port}"
+    if ":" in parts.hostname:
+        netloc = f"[{parts.hostname}]" + ("" if port is None else f":{port}")
+    return f"{parts.scheme}://{netloc}"
+
+
+def _address(value: str, key: str) -> Address:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{key.replace('_', '-')}: expected HOST:PORT, got {value!r}")
+    if not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key.replace('_', '-')}: port out of range in {value!r}")
+    return Address(host.strip("[]"), int(port))
+
+
+def _existing_file(value: str | None, key: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} does not exist or is not a file")
+    return path
+
+
+def _positive(value: Any, key: str) -> Any:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be greater than zero, got {value}")
+    return value

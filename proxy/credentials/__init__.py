@@ -1,0 +1,1 @@
+"""Credentials: refresh maths (schedule), refresh-ahead caching (cache), OAuth flows (oauth)."""

@@ -1,0 +1,199 @@
+"""Refresh-ahead token caching: one `RefreshingToken` per credential, many of them in a `TokenCache`.
+
+Invariants:
+1. At most one fetch per credential runs at a time (single flight); concurrent callers share it.
+2. `get()` returns the cached token while it is usable and never waits on the token server then.
+3. A background task refreshes at `schedule.refresh_at`; a failed refresh keeps the old token, records
+   the error and retries after `schedule.backoff`.
+4. With no usable token, `get()` fetches (sharing any fetch in flight); inside a failure backoff it
+   fails at once with `NoCredential` (503 + Retry-After) instead of hammering the token server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+
+from proxy.credentials import schedule
+from proxy.errors import NoCredential, TokenError
+
+
+@dataclass(frozen=True)
+class Token:
+    access_token: str
+    obtained_at: float  # wall-clock seconds
+    expires_at: float
+
+    def __repr__(self) -> str:
+        return f"Token(<redacted>, expires_at={self.expires_at:.0f})"
+
+
+@dataclass(frozen=True)
+class FetchOutcome:
+    """What an observer (metrics, logs) learns about one fetch. Holds no token."""
+
+    kind: str
+    label: str
+    ok: bool
+    expires_at: float | None
+    error: str | None
+
+
+Fetch = Callable[[], Awaitable[Token]]
+Observer = Callable[[FetchOutcome], None]
+
+
+def _ignore(_: FetchOutcome) -> None:
+    return None
+
+
+class RefreshingToken:
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        kind: str,
+        label: str = "",
+        clock: Callable[[], float] = time.time,
+        observer: Observer = _ignore,
+    ) -> None:
+        self._fetch = fetch
+        self.kind = kind
+        self.label = label
+        self._clock = clock
+        self._observer = observer
+        self._token: Token | None = None
+        self._inflight: asyncio.Task[Token] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self.last_error: TokenError | None = None
+
+    def __repr__(self) -> str:
+        state = "usable" if self.is_usable() else "unusable"
+        return (
+            f"RefreshingToken(kind={self.kind!r}, label={self.label!r}, {state}, "
+            f"failures={self._failures}, inflight={self._inflight is not None})"
+        )
+
+    @property
+    def expires_at(self) -> float | None:
+        return None if self._token is None else self._token.expires_at
+
+    def is_usable(self) -> bool:
+        return self._token is not None and schedule.is_usable(self._clock(), self._token.expires_at)
+
+    async def get(self) -> str:
+        """A usable access token; raises NoCredential when none can be had now."""
+        token = self._token
+        now = self._clock()
+        if token is not None and schedule.is_usable(now, token.expires_at):
+            return token.access_token
+        if self.last_error is not None and now < self._retry_at and self._inflight is None:
+            raise self._no_credential(now)
+        try:
+            return (await self._refresh()).access_token
+        except TokenError:
+            raise self._no_credential(self._clock()) from None
+
+    def invalidate(self, access_token: str) -> None:
+        """Forget `access_token` if it is still the current one (the upstream rejected it)."""
+        if self._token is not None and self._token.access_token == access_token:
+            self._token = None
+            self._retry_at = 0.0
+
+    def start(self) -> None:
+        """Start the background refresh loop (fetches at once when there is no token)."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        for task in (self._loop_task, self._inflight):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TokenError):
+                    await task
+        self._loop_task = self._inflight = None
+
+    def next_refresh_delay(self) -> float:
+        """Seconds until the background loop should fetch again."""
+        now = self._clock()
+        if self.last_error is not None:
+            return max(0.0, self._retry_at - now)
+        if self._token is None:
+            return 0.0
+        return max(0.0, schedule.refresh_at(self._token.obtained_at, self._token.expires_at) - now)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.next_refresh_delay())
+            if self._token is not None and self.last_error is None and self.next_refresh_delay() > 0:
+                continue  # someone else refreshed meanwhile
+            with contextlib.suppress(TokenError):
+                await self._refresh()
+
+    async def _refresh(self) -> Token:
+        if self._inflight is None:
+            self._inflight = asyncio.get_running_loop().create_task(self._fetch_once())
+        return await asyncio.shield(self._inflight)
+
+    async def _fetch_once(self) -> Token:
+        try:
+            token = await self._fetch()
+        except TokenError as exc:
+            self._failures += 1
+            self.last_error = exc
+            self._retry_at = self._clock() + schedule.backoff(
+                self._failures, configuration_error=exc.is_configuration_error
+            )
+            self._observer(FetchOutcome(self.kind, self.label, False, self.expires_at, exc.error))
+            raise
+        finally:
+            self._inflight = None
+        self._token, self._failures, self.last_error = token, 0, None
+        self._observer(FetchOutcome(self.kind, self.label, True, token.expires_at, None))
+        return token
+
+    def _no_credential(self, now: float) -> NoCredential:
+        error = self.last_error
+        reason = f"{error.error}: {error.description}" if error and error.description else str(error)
+        hint = " (check the client id and secret)" if error and error.is_configuration_error else ""
+        retry_after = max(1, math.ceil(self._retry_at - now))
+        return NoCredential(f"no usable {self.kind} token: token server said {reason}{hint}", retry_after=retry_after)
+
+
+class TokenCache:
+    """RefreshingTokens by key, e.g. (invocation URL, authorization details) for data-plane tokens."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, RefreshingToken] = {}
+
+    def __repr__(self) -> str:
+        return f"TokenCache(entries={len(self._entries)})"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get_or_create(self, key: Hashable, create: Callable[[], RefreshingToken]) -> RefreshingToken:
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = create()
+            entry.start()
+        return entry
+
+    async def discard(self, key: Hashable) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            await entry.close()
+
+    def values(self) -> list[RefreshingToken]:
+        return list(self._entries.values())
+
+    async def close(self) -> None:
+        entries, self._entries = list(self._entries.values()), {}
+        for entry in entries:
+            await entry.close()

@@ -1,0 +1,46 @@
+"""When to refresh a token. Pure functions of `now` and the token's times.
+
+Invariants:
+1. A token is *usable* while `now < expires_at - UNUSABLE_MARGIN`; Databricks rejects tokens with <= 30 s
+   left, and we keep 10 s more for the request to arrive.
+2. A background refresh starts at `expires_at - lead`, where
+   `lead = max(min(ttl / 2, 20 min), UNUSABLE_MARGIN + REFRESH_ALLOWANCE)`: with long tokens half the
+   lifetime decides, with short ones the unusable margin plus the time a refresh may take, so a request
+   never finds the token unusable while the refresh runs.
+3. After a failed refresh the next try waits `backoff(failures)`: exponential from 1 s, capped at 60 s
+   (300 s for configuration errors such as `invalid_client`), and never past the point where the current
+   token stops being usable unless it already has.
+"""
+
+from __future__ import annotations
+
+import random
+
+UNUSABLE_MARGIN = 40.0
+REFRESH_ALLOWANCE = 15.0
+MAX_LEAD = 20 * 60.0
+BACKOFF_START = 1.0
+BACKOFF_CAP = 60.0
+CONFIG_ERROR_BACKOFF = 300.0
+
+
+def lead(ttl: float) -> float:
+    """Seconds before expiry at which the background refresh starts."""
+    return max(min(ttl / 2, MAX_LEAD), UNUSABLE_MARGIN + REFRESH_ALLOWANCE)
+
+
+def refresh_at(obtained_at: float, expires_at: float) -> float:
+    """The moment the background refresh of a token obtained at `obtained_at` should start."""
+    return max(obtained_at, expires_at - lead(expires_at - obtained_at))
+
+
+def is_usable(now: float, expires_at: float) -> bool:
+    return now < expires_at - UNUSABLE_MARGIN
+
+
+def backoff(failures: int, *, configuration_error: bool = False, jitter: float | None = None) -> float:
+    """Seconds to wait after `failures` consecutive failed fetches (failures >= 1), with +-10% jitter."""
+    exponential = min(BACKOFF_CAP, BACKOFF_START * 2 ** max(0, failures - 1))
+    base = CONFIG_ERROR_BACKOFF if configuration_error else exponential
+    factor = random.uniform(0.9, 1.1) if jitter is None else jitter
+    return base * factor

@@ -1,0 +1,109 @@
+"""Where tokens come from: the workspace token (OAuth M2M or workload identity) and one data-plane
+token per (invocation URL, authorization details), minted from the workspace token by jwt-bearer exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from proxy.credentials.cache import Fetch, Observer, RefreshingToken, Token, TokenCache
+from proxy.credentials.oauth import OAuthClient
+from proxy.errors import NoCredential, TokenError
+
+
+def secret_from_file(path: Path) -> Callable[[], asyncio.Future[str]]:
+    """Read the secret on every fetch, so a rotated Kubernetes Secret is picked up without a restart."""
+
+    def read() -> str:
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise TokenError("invalid_client", f"cannot read client secret file {path}: {exc.strerror}") from None
+
+    return lambda: asyncio.ensure_future(asyncio.to_thread(read))
+
+
+def secret_from_value(value: str) -> Callable[[], asyncio.Future[str]]:
+    async def read() -> str:
+        return value
+
+    return lambda: asyncio.ensure_future(read())
+
+
+def workload_identity_fetch(oauth: OAuthClient, token_file: Path) -> Fetch:
+    """Exchange the projected service-account token (re-read each time: the kubelet rotates it)."""
+
+    def read() -> str:
+        try:
+            return token_file.read_text().strip()
+        except OSError as exc:
+            raise TokenError("invalid_request", f"cannot read token file {token_file}: {exc.strerror}") from None
+
+    async def fetch() -> Token:
+        return await oauth.token_exchange(subject_token=await asyncio.to_thread(read))
+
+    return fetch
+
+
+class Credentials:
+    """The workspace token and the data-plane tokens derived from it."""
+
+    def __init__(
+        self,
+        oauth: OAuthClient,
+        workspace_fetch: Fetch,
+        *,
+        clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
+    ) -> None:
+        self._oauth = oauth
+        self._clock = clock
+        self._observer = observer
+        self.workspace = self._token(workspace_fetch, kind="workspace", label="")
+        self.data_plane = TokenCache()
+
+    def __repr__(self) -> str:
+        return f"Credentials(workspace={self.workspace!r}, data_plane={self.data_plane!r})"
+
+    def _token(self, fetch: Fetch, *, kind: str, label: str) -> RefreshingToken:
+        if self._observer is None:
+            return RefreshingToken(fetch, kind=kind, label=label, clock=self._clock)
+        return RefreshingToken(fetch, kind=kind, label=label, clock=self._clock, observer=self._observer)
+
+    def for_target(self, url: str, authorization_details: str | None, *, label: str) -> RefreshingToken:
+        """The token for an invocation URL: data-plane when it has authorization details, else workspace."""
+        if authorization_details is None:
+            return self.workspace
+        return self.data_plane.get_or_create(
+            (url, authorization_details),
+            lambda: self._token(self._exchange_fetch(authorization_details), kind="data_plane", label=label),
+        )
+
+    async def forget(self, url: str, authorization_details: str | None) -> None:
+        if authorization_details is not None:
+            await self.data_plane.discard((url, authorization_details))
+
+    def _exchange_fetch(self, authorization_details: str) -> Fetch:
+        async def fetch() -> Token:
+            try:
+                assertion = await self.workspace.get()
+            except NoCredential as exc:
+                raise TokenError("workspace_token_unavailable", exc.message) from None
+            try:
+                return await self._oauth.jwt_bearer(assertion=assertion, authorization_details=authorization_details)
+            except TokenError as exc:
+                if exc.error == "invalid_grant":
+                    self.workspace.invalidate(assertion)  # revoked or expired assertion: mint anew next time
+                raise
+
+        return fetch
+
+    def start(self) -> None:
+        self.workspace.start()
+
+    async def close(self) -> None:
+        await self.data_plane.close()
+        await self.workspace.close()

@@ -1,0 +1,122 @@
+"""The one request path both fronts share: resolve -> token -> send -> hand the reply back.
+
+Rules:
+1. The body is bytes, never parsed; over MAX_BODY_BYTES it is refused before anything is sent.
+2. The caller's Authorization and hop-by-hop headers are dropped; the sidecar's bearer token is set.
+3. An upstream 401 invalidates the token, mints a new one and sends once more.
+4. An upstream 403/404 from a route-optimized endpoint re-resolves the name (rate-limited); if the
+   endpoint was recreated (new URL or authorization details) the request is sent once more.
+5. Nothing is retried after the reply has been handed to the front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.config import MAX_BODY_BYTES
+from proxy.credentials.sources import Credentials
+from proxy.endpoints import Resolution, Resolver
+from proxy.errors import BodyTooLarge
+from proxy.routing import invocation_url
+from proxy.upstream import Reply, Upstream
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "authorization", "content-length", "expect"}
+_NOT_RETURNED = HOP_BY_HOP | {"content-length"}
+
+
+@dataclass(frozen=True)
+class Invocation:
+    endpoint: str
+    body: bytes
+    served_model: str | None = None
+    headers: Iterable[tuple[str, str]] = field(default=())  # the caller's headers, as received
+
+
+def upstream_headers(downstream: Iterable[tuple[str, str]], access_token: str) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in downstream if name.lower() not in _NOT_FORWARDED
+    )
+    headers.setdefault("Content-Type", "application/json")
+    headers.setdefault("Accept", "application/json")
+    headers["Authorization"] = f"Bearer {access_token}"
+    return headers
+
+
+def downstream_headers(upstream: CIMultiDictProxy[str] | Mapping[str, str]) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in upstream.items() if name.lower() not in _NOT_RETURNED]
+
+
+class Forwarder:
+    def __init__(self, resolver: Resolver, credentials: Credentials, upstream: Upstream) -> None:
+        self._resolver = resolver
+        self._credentials = credentials
+        self._upstream = upstream
+
+    def __repr__(self) -> str:
+        return f"Forwarder({self._resolver!r}, {self._upstream!r})"
+
+    @contextlib.asynccontextmanager
+    async def invoke(self, call: Invocation) -> AsyncIterator[Reply]:
+        """The upstream reply to `call`, its body still streaming; closed when the block exits."""
+        if len(call.body) > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"request body is {len(call.body)} bytes; the limit is {MAX_BODY_BYTES}")
+        reply = await self._send_with_recovery(call)
+        try:
+            yield reply
+        finally:
+            reply.close()
+
+    async def _send_with_recovery(self, call: Invocation) -> Reply:
+        resolution = await self._resolver.resolve(call.endpoint)
+        reauthenticated = reresolved = False
+        while True:
+            source = self._credentials.for_target(
+                resolution.url, resolution.authorization_details, label=resolution.name
+            )
+            access_token = await source.get()
+            reply = await self._send(resolution, call, access_token)
+            if reply.status == 401 and not reauthenticated:
+                reauthenticated = True
+                reply.close()
+                source.invalidate(access_token)
+                continue
+            if reply.status in (403, 404) and resolution.route_optimized and not reresolved:
+                reresolved = True
+                fresh = await self._resolver.recheck(resolution)
+                if fresh is not None:
+                    reply.close()
+                    await self._credentials.forget(resolution.url, resolution.authorization_details)
+                    resolution = fresh
+                    continue
+            return reply
+
+    async def _send(self, resolution: Resolution, call: Invocation, access_token: str) -> Reply:
+        url = invocation_url(resolution.url, call.served_model)
+        return await self._upstream.send(
+            "POST", url, headers=upstream_headers(call.headers, access_token), body=call.body
+        )
+
+    async def warm(self, name: str, connections: int) -> Resolution:
+        """Resolve `name`, mint its token and open pooled connections to its host ahead of traffic."""
+        resolution = await self._resolver.resolve(name)
+        source = self._credentials.for_target(resolution.url, resolution.authorization_details, label=name)
+        await source.get()
+        await self._upstream.warm(resolution.url, connections)
+        return resolution

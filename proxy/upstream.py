@@ -1,0 +1,191 @@
+"""Upstream pools: one keep-alive connection pool per upstream host, over one TLS context built once.
+
+aiohttp is used only here; its exceptions are translated at this edge into `UpstreamUnreachable` (502) and
+`UpstreamTimeout` (504). Bodies pass through as bytes: no decompression, no parsing. This module knows
+nothing about tokens: callers hand it complete headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0  # TCP + TLS handshake (aiohttp's sock_connect: excludes waiting for a pool slot)
+    first_byte: float = 300.0  # until the response headers arrive; Databricks stops models at 297 s
+    stream_idle: float = 300.0  # between two body chunks
+    idle_connection: float = 30.0  # a pooled connection idle this long is closed
+
+
+def build_ssl_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
+    """The one TLS context for all upstreams: system CAs plus `ca_bundle`. Costs ~20 ms; build once."""
+    context = ssl.create_default_context()
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    return context
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+@contextlib.contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """Map aiohttp/asyncio failures to the sidecar's errors. Never includes headers (tokens) in messages."""
+    host = urlsplit(url).netloc
+    try:
+        yield
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"upstream {host} did not answer in time") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamUnreachable(f"cannot connect to upstream {host}: {exc.strerror or exc}") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnreachable(f"upstream {host} failed: {type(exc).__name__}") from exc
+
+
+class Reply:
+    """An upstream response whose body is still on the wire. Close it (`async with` or `close()`)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, stream_idle: float) -> None:
+        self._response = response
+        self._stream_idle = stream_idle
+        self.status = response.status
+        self.headers: CIMultiDictProxy[str] = response.headers
+
+    def __repr__(self) -> str:
+        return f"Reply(status={self.status}, closed={self._response.closed})"
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive; UpstreamTimeout if none comes within the stream idle timeout."""
+        url = str(self._response.url)
+        with translate_errors(url):
+            while True:
+                async with asyncio.timeout(self._stream_idle):
+                    chunk = await self._response.content.readany()
+                if not chunk:
+                    return
+                yield chunk
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    def close(self) -> None:
+        """Release the connection to the pool (or drop it when the body was not fully read)."""
+        self._response.release() if self._response.content.at_eof() else self._response.close()
+
+
+class Pool:
+    """Keep-alive connections to one upstream host."""
+
+    def __init__(self, origin: str, *, ssl_context: ssl.SSLContext, size: int, timeouts: Timeouts) -> None:
+        self.origin = origin
+        self.connects = 0
+        self._connector = aiohttp.TCPConnector(
+            limit=size,
+            limit_per_host=size,
+            keepalive_timeout=timeouts.idle_connection,
+            ssl=ssl_context,
+            ttl_dns_cache=300,
+        )
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_end.append(self._count_connect)
+        self._session = aiohttp.ClientSession(
+            connector=self._connector,
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.first_byte),
+            trace_configs=[trace],
+            trust_env=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"Pool({self.origin}, connects={self.connects}, idle={self.idle_connections})"
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(conns) for conns in self._connector._conns.values())
+
+    async def _count_connect(self, *_: object) -> None:
+        self.connects += 1
+
+    async def open(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> aiohttp.ClientResponse:
+        with translate_errors(url):
+            return await self._session.request(method, url, headers=headers, data=body, allow_redirects=False)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class Upstream:
+    """All pools, keyed by origin, created on first use and kept for the process lifetime."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext, pool_size: int, timeouts: Timeouts) -> None:
+        self._ssl_context = ssl_context
+        self._pool_size = pool_size
+        self.timeouts = timeouts
+        self._pools: dict[str, Pool] = {}
+
+    def __repr__(self) -> str:
+        return f"Upstream(pools={list(self._pools)})"
+
+    def pool(self, url: str) -> Pool:
+        origin = origin_of(url)
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = Pool(
+                origin, ssl_context=self._ssl_context, size=self._pool_size, timeouts=self.timeouts
+            )
+        return pool
+
+    def pools(self) -> list[Pool]:
+        return list(self._pools.values())
+
+    async def send(self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None) -> Reply:
+        """Start a request; the returned Reply's body is streamed. Raises UpstreamUnreachable/Timeout."""
+        response = await self.pool(url).open(method, url, headers, body)
+        return Reply(response, self.timeouts.stream_idle)
+
+    async def fetch(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None
+    ) -> tuple[int, CIMultiDict[str], bytes]:
+        """A whole small response (control-plane calls): status, headers, body."""
+        reply = await self.send(method, url, headers=headers, body=body)
+        try:
+            return reply.status, CIMultiDict(reply.headers), await reply.read()
+        finally:
+            reply.close()
+
+    async def warm(self, url: str, connections: int) -> None:
+        """Open up to `connections` keep-alive connections to `url`'s host with cheap HEAD requests.
+
+        The answer (any status) does not matter; the connection stays in the pool. Failures are ignored:
+        warming is an optimisation, the first real request reports real errors.
+        """
+
+        async def one() -> None:
+            with contextlib.suppress(Exception):
+                reply = await self.send("HEAD", url, headers={})
+                await reply.read()
+                reply.close()
+
+        await asyncio.gather(*(one() for _ in range(connections)))
+
+    async def close(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.close()

@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import pytest
+
+from proxy.config import OPTIONS, load
+from proxy.errors import ConfigError
+
+BASE_ENV = {"DATABRICKS_HOST": "my.cloud.databricks.com", "DATABRICKS_CLIENT_ID": "sp", "DATABRICKS_CLIENT_SECRET": "s"}
+
+
+def test_defaults_and_unified_auth_environment(tmp_path: Path) -> None:
+    settings = load({}, environ=BASE_ENV, home=tmp_path)
+    assert settings.host == "https://my.cloud.databricks.com"
+    assert settings.token_url == "https://my.cloud.databricks.com/oidc/v1/token"
+    assert str(settings.http_listen) == "127.0.0.1:8484"
+    assert str(settings.grpc_listen) == "127.0.0.1:8485"
+    assert str(settings.admin_listen) == "127.0.0.1:8486"
+    assert settings.first_byte_timeout >= 297
+    assert repr(settings).endswith("client_secret=<set>)")
+
+
+def test_precedence_flag_then_env_then_file(tmp_path: Path) -> None:
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("http_listen: 127.0.0.1:1\nadmin-listen: 127.0.0.1:2\nendpoints: [a, b]\n")
+    env = {**BASE_ENV, "SERVING_SIDECAR_ADMIN_LISTEN": "127.0.0.1:3"}
+    settings = load({"config": str(config_file), "http_listen": "127.0.0.1:4"}, environ=env, home=tmp_path)
+    assert settings.http_listen.port == 4
+    assert settings.admin_listen.port == 3
+    assert settings.endpoints == ("a", "b")
+
+
+def test_profile_from_databrickscfg(tmp_path: Path) -> None:
+    (tmp_path / ".databrickscfg").write_text("[sp]\nhost = https://ws.example.com\nclient_id = c\nclient_secret = z\n")
+    settings = load({}, environ={"DATABRICKS_CONFIG_PROFILE": "sp"}, home=tmp_path)
+    assert (settings.host, settings.client_id, settings.client_secret) == ("https://ws.example.com", "c", "z")
+
+
+def test_personal_access_token_is_refused_with_an_explanation(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="OAuth tokens only"):
+        load({}, environ={"DATABRICKS_HOST": "h.example.com", "DATABRICKS_TOKEN": "dapi123"}, home=tmp_path)
+
+
+@pytest.mark.parametrize("key", ["http_listen", "grpc_listen"])
+def test_remote_listen_needs_allow_remote_clients(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ConfigError, match="allow-remote-clients"):
+        load({key: "0.0.0.0:8484"}, environ=BASE_ENV, home=tmp_path)
+    settings = load({key: "0.0.0.0:8484", "allow_remote_clients": True}, environ=BASE_ENV, home=tmp_path)
+    assert not getattr(settings, key).is_loopback
+
+
+def test_admin_may_listen_remotely(tmp_path: Path) -> None:
+    assert load({"admin_listen": "0.0.0.0:8486"}, environ=BASE_ENV, home=tmp_path).admin_listen.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        ({}, {"DATABRICKS_CLIENT_ID": "x", "DATABRICKS_CLIENT_SECRET": "s"}, "host"),
+        ({"http_listen": "nonsense"}, BASE_ENV, "http-listen"),
+        ({}, {**BASE_ENV, "SERVING_SIDECAR_POOL_SIZE": "many"}, "SERVING_SIDECAR_POOL_SIZE"),
+        ({"ca_bundle": "/does/not/exist"}, BASE_ENV, "ca-bundle"),
+        ({}, {"DATABRICKS_HOST": "h", "DATABRICKS_CLIENT_ID": "x"}, "client secret"),
+        ({"auth": "workload-identity"}, {"DATABRICKS_HOST": "h", "DATABRICKS_CLIENT_ID": "x"}, "token-file"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, flags: dict[str, str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(flags, environ=env, home=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("a: [unclosed", "not valid YAML"),
+        ("- a\n- b\n", "mapping"),
+        ("bogus: 1\n", "unknown key"),
+        ("client_secret: x\n", "never in the config file"),
+    ],
+)
+def test_malformed_config_file(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load({"config": str(path)}, environ=BASE_ENV, home=tmp_path)
+
+
+def test_every_option_has_help_and_an_env_name() -> None:
+    for opt in OPTIONS:
+        assert opt.help and opt.env_name.isupper()

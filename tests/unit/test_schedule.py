@@ -1,0 +1,32 @@
+import pytest
+
+from proxy.credentials import schedule
+
+
+def test_long_tokens_refresh_at_half_life_capped_at_20_minutes() -> None:
+    assert schedule.lead(600) == 300
+    assert schedule.lead(3600) == 1200
+    assert schedule.refresh_at(0, 3600) == 2400
+
+
+def test_short_tokens_refresh_before_they_become_unusable() -> None:
+    # a 70 s token: half the life (35 s) would already be inside the 40 s unusable margin
+    lead = schedule.lead(70)
+    assert lead >= schedule.UNUSABLE_MARGIN + schedule.REFRESH_ALLOWANCE
+    assert schedule.refresh_at(0, 70) < 70 - schedule.UNUSABLE_MARGIN
+    assert schedule.refresh_at(100, 110) == 100  # never before it was obtained
+
+
+def test_usable_until_40_seconds_before_expiry() -> None:
+    assert schedule.is_usable(59, 100)
+    assert not schedule.is_usable(60, 100)
+
+
+@pytest.mark.parametrize(("failures", "expected"), [(1, 1), (2, 2), (3, 4), (7, 60), (30, 60)])
+def test_backoff_is_exponential_and_capped(failures: int, expected: float) -> None:
+    assert schedule.backoff(failures, jitter=1.0) == expected
+
+
+def test_configuration_errors_back_off_slowly() -> None:
+    assert schedule.backoff(1, configuration_error=True, jitter=1.0) == schedule.CONFIG_ERROR_BACKOFF
+    assert 0.9 <= schedule.backoff(1) <= 1.1

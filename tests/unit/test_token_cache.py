@@ -1,0 +1,128 @@
+import asyncio
+
+import pytest
+
+from proxy.credentials.cache import FetchOutcome, RefreshingToken, Token
+from proxy.errors import NoCredential, TokenError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeTokenServer:
+    """Hands out numbered tokens with a TTL; can be told to fail or to hold each fetch until released."""
+
+    def __init__(self, clock: Clock, ttl: float = 600) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self.fetches = 0
+        self.error: TokenError | None = None
+        self.gate: asyncio.Event | None = None
+
+    async def fetch(self) -> Token:
+        self.fetches += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        now = self.clock()
+        return Token(f"tok-{self.fetches}", now, now + self.ttl)
+
+
+def make(server: FakeTokenServer, clock: Clock, seen: list[FetchOutcome] | None = None) -> RefreshingToken:
+    observer = (seen.append) if seen is not None else (lambda _o: None)
+    return RefreshingToken(server.fetch, kind="workspace", clock=clock, observer=observer)
+
+
+async def test_cached_token_is_reused_without_fetching() -> None:
+    clock = Clock()
+    server = FakeTokenServer(clock)
+    token = make(server, clock)
+    assert await token.get() == "tok-1"
+    clock.now += 500
+    assert await token.get() == "tok-1"
+    assert server.fetches == 1
+
+
+async def test_concurrent_callers_share_one_fetch() -> None:
+    clock = Clock()
+    server = FakeTokenServer(clock)
+    server.gate = asyncio.Event()
+    token = make(server, clock)
+    waiters = [asyncio.create_task(token.get()) for _ in range(20)]
+    await asyncio.sleep(0)
+    server.gate.set()
+    assert set(await asyncio.gather(*waiters)) == {"tok-1"}
+    assert server.fetches == 1
+
+
+async def test_token_inside_the_unusable_margin_is_replaced() -> None:
+    clock = Clock()
+    server = FakeTokenServer(clock, ttl=100)
+    token = make(server, clock)
+    await token.get()
+    clock.now += 61  # 39 s left
+    assert await token.get() == "tok-2"
+
+
+async def test_failure_gives_503_naming_the_oauth_error_and_backs_off() -> None:
+    clock = Clock()
+    server = FakeTokenServer(clock)
+    server.error = TokenError("invalid_client", "Client authentication failed", status=401)
+    seen: list[FetchOutcome] = []
+    token = make(server, clock, seen)
+    with pytest.raises(NoCredential) as first:
+        await token.get()
+    assert "invalid_client" in first.value.message
+    assert first.value.retry_after is not None and first.value.retry_after >= 1
+    with pytest.raises(NoCredential):
+        await token.get()
+    assert server.fetches == 1  # inside the backoff: no second hit on the token server
+    assert [o.ok for o in seen] == [False]
+    assert seen[0].error == "invalid_client"
+
+
+async def test_failed_refresh_keeps_serving_the_valid_token() -> None:
+    clock = Clock()
+    server = FakeTokenServer(clock, ttl=600)
+    token = make(server, clock)
+    await token.get()
+    server.error = TokenError("temporarily_unavailable", "outage", status=503)
+    clock.now += 400  # past the refresh point, token still usable
+    with pytest.raises(TokenError):
+        await token._refresh()
+    assert await token.get() == "tok-1"
+    assert token.next_refresh_delay() > 0  # retry scheduled after a backoff, not at once
+
+
+async def test_invalidate_forces_a_new_token_only_for_the_rejected_one() -> None:
+    clock = Clock()
+    server = FakeTokenServer(clock)
+    token = make(server, clock)
+    await token.get()
+    token.invalidate("some-other-token")
+    assert await token.get() == "tok-1"
+    token.invalidate("tok-1")
+    assert await token.get() == "tok-2"
+
+
+async def test_background_loop_refreshes_ahead_of_expiry() -> None:
+    server = FakeTokenServer(Clock(), ttl=50)
+    server.clock = __import__("time").time  # real time: the loop really sleeps
+    token = RefreshingToken(server.fetch, kind="workspace")
+    # a 50 s token refreshes at once (lead is 55 s), so the loop fetches twice almost immediately
+    token.start()
+    try:
+        for _ in range(100):
+            if server.fetches >= 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await token.close()
+    assert server.fetches >= 2
+    assert "RefreshingToken(kind='workspace'" in repr(token)
