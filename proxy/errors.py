@@ -68,6 +68,11 @@ class InvalidRequest(SidecarError):
     error_code = "BAD_REQUEST"
 
 
+class MethodNotAllowed(SidecarError):
+    status = 405
+    error_code = "METHOD_NOT_ALLOWED"
+
+
 class EndpointNotFound(SidecarError):
     status = 404
     error_code = "RESOURCE_DOES_NOT_EXIST"

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from proxy import routing
 from proxy.config import MAX_BODY_BYTES
-from proxy.errors import BodyTooLarge, EndpointNotFound, InvalidRequest, SidecarError
+from proxy.errors import BodyTooLarge, EndpointNotFound, MethodNotAllowed, SidecarError
 from proxy.forwarding import Forwarder, Invocation, downstream_headers
 from proxy.metrics import Metrics
 
@@ -89,7 +89,7 @@ class HttpFront:
                 "/serving-endpoints/<endpoint_name>/served-models/<served_model_name>/invocations"
             )
         if request.method != "POST":
-            raise InvalidRequest(f"method {request.method} not allowed: invocations take POST")
+            raise MethodNotAllowed(f"method {request.method} not allowed: invocations take POST")
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             raise BodyTooLarge(f"request body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
         try:

@@ -1,0 +1,73 @@
+"""Fixtures: a started emulator (real TLS from its trustme CA) and a sidecar pointed at it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy import config
+from proxy.app import Sidecar
+from proxy.emulator import Emulator, EmulatorSettings
+
+SidecarFactory = Callable[..., AbstractAsyncContextManager[Sidecar]]
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[Emulator]:
+    async with Emulator(EmulatorSettings()) as emulator:
+        yield emulator
+
+
+def sidecar_settings(emulator: Emulator, ca_file: Path, **overrides: Any) -> config.Settings:
+    secret = overrides.pop("client_secret", emulator.client_secret)
+    flags: dict[str, Any] = {
+        "host": emulator.workspace_url,
+        "client_id": emulator.client_id,
+        "ca_bundle": str(ca_file),
+        "http_listen": "127.0.0.1:0",
+        "grpc_listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:0",
+        **overrides,
+    }
+    return config.load(flags, environ={"DATABRICKS_CLIENT_SECRET": secret})
+
+
+@pytest.fixture
+def make_sidecar(emu: Emulator, tmp_path: Path) -> SidecarFactory:
+    """`async with make_sidecar(**flags) as sidecar:` a started sidecar; waits for readiness unless told not to."""
+    ca_file = tmp_path / "ca.pem"
+    emu.write_ca(ca_file)
+
+    @asynccontextmanager
+    async def make(*, wait_ready: bool = True, **overrides: Any) -> AsyncIterator[Sidecar]:
+        sidecar = Sidecar(sidecar_settings(emu, ca_file, **overrides))
+        await sidecar.start()
+        try:
+            if wait_ready:
+                assert await sidecar.wait_ready(10), sidecar.health().reason()
+            yield sidecar
+        finally:
+            await sidecar.stop()
+
+    return make
+
+
+@pytest.fixture
+async def sidecar(make_sidecar: SidecarFactory) -> AsyncIterator[Sidecar]:
+    async with make_sidecar() as started:
+        yield started
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def url(sidecar: Sidecar, path: str, listener: str = "http") -> str:
+    return f"http://127.0.0.1:{sidecar.port(listener)}{path}"
