@@ -135,7 +135,7 @@ class Sidecar:
         await site.start()
         port = int(runner.addresses[0][1]) if runner.addresses else address.port
         self._listeners[name] = _Listener(runner, address, port)
-        log.info("listening", extra={"listener": name, "address": f"{address.host}:{port}"})
+        log.info("%s listener on %s:%s", name, address.host, port)
 
     async def _warm_configured(self) -> None:
         for name in self.settings.endpoints:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import ssl
 import types
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -20,6 +21,8 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.errors import ConnectFailed, StaleConnection, UpstreamTimeout, UpstreamUnreachable
+
+LARGE_BODY = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -162,10 +165,12 @@ class Pool:
         """
         session = self._fresh_session() if fresh else self._session
         attempt = _Attempt()
+        # aiohttp writes a BytesIO in chunks, yielding to the loop; BytesIO shares the bytes, no copy.
+        data = io.BytesIO(body) if body is not None and len(body) > LARGE_BODY else body
         with translate_errors(url, attempt):
             async with asyncio.timeout(self._timeouts.first_byte):
                 return await session.request(
-                    method, url, headers=headers, data=body, allow_redirects=False, trace_request_ctx=attempt
+                    method, url, headers=headers, data=data, allow_redirects=False, trace_request_ctx=attempt
                 )
 
     async def close(self) -> None:
