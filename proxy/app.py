@@ -77,6 +77,7 @@ class Sidecar:
                 budget=settings.retry_budget,
                 idempotent=frozenset(settings.idempotent_endpoints),
             ),
+            on_retry=lambda endpoint, reason: self.metrics.observe_retry(self.endpoint_label(endpoint), reason),
         )
         self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label)
         self._listeners: dict[str, _Listener] = {}

@@ -107,16 +107,20 @@ class Credentials:
 
     def _exchange_fetch(self, authorization_details: str) -> Fetch:
         async def fetch() -> Token:
-            try:
-                assertion = await self.workspace.get()
-            except NoCredential as exc:
-                raise TokenError("workspace_token_unavailable", exc.message) from None
-            try:
-                return await self._oauth.jwt_bearer(assertion=assertion, authorization_details=authorization_details)
-            except TokenError as exc:
-                if exc.error == "invalid_grant":
-                    self.workspace.invalidate(assertion)  # revoked or expired assertion: mint anew next time
-                raise
+            for attempt in range(2):
+                try:
+                    assertion = await self.workspace.get()
+                except NoCredential as exc:
+                    raise TokenError("workspace_token_unavailable", exc.message) from None
+                try:
+                    return await self._oauth.jwt_bearer(
+                        assertion=assertion, authorization_details=authorization_details
+                    )
+                except TokenError as exc:
+                    if exc.error != "invalid_grant" or attempt:
+                        raise
+                    self.workspace.invalidate(assertion)  # revoked or expired assertion: mint one anew
+            raise AssertionError("unreachable")
 
         return fetch
 

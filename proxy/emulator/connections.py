@@ -111,7 +111,10 @@ class ConnectionTracker:
             if handler in alive:
                 state.connected = True
                 if is_idle_expired(state, self._faults, now):
-                    handler.close()
+                    transport = handler.transport
+                    handler.force_close()
+                    if transport is not None:
+                        transport.abort()
                     del self._states[handler]
                     closed += 1
             elif state.connected or now - state.opened_at > HANDSHAKE_GRACE:
