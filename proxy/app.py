@@ -90,7 +90,7 @@ class Sidecar:
 
     def _workspace_fetch(self) -> Fetch:
         if self.settings.auth == "workload-identity" and self.settings.token_file is not None:
-            return workload_identity_fetch(self.oauth, self.settings.token_file)
+            return workload_identity_fetch(self.oauth, self.settings.token_file, audience=self.settings.token_audience)
         return self.oauth.client_credentials
 
     def endpoint_label(self, name: str) -> str:
