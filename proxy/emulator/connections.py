@@ -111,10 +111,8 @@ class ConnectionTracker:
             if handler in alive:
                 state.connected = True
                 if is_idle_expired(state, self._faults, now):
-                    transport = handler.transport
+                    # What aiohttp's own keep-alive timer does to an idle connection.
                     handler.force_close()
-                    if transport is not None:
-                        transport.abort()
                     del self._states[handler]
                     closed += 1
             elif state.connected or now - state.opened_at > HANDSHAKE_GRACE:
@@ -125,7 +123,7 @@ class ConnectionTracker:
     def sweep_interval(self) -> float:
         """Seconds between sweeps: fine-grained while an idle limit is set."""
         limit = self._faults.idle_close_after
-        return 0.5 if limit is None else min(0.5, max(0.01, limit / 5))
+        return 0.2 if limit is None else min(0.2, max(0.01, limit / 5))
 
 
 def abort(request: web.BaseRequest) -> None:

@@ -148,8 +148,18 @@ class Emulator:
                 await task
         for server in self._servers:
             server.close()
+        transports = [
+            h.transport
+            for r in self._runners.values()
+            if r.server
+            for h in r.server.connections
+            if h.transport
+        ]
         for runner in self._runners.values():
             await runner.cleanup()
+        for transport in transports:
+            # A TLS close waits for the peer's close_notify; do not leave it pending past stop().
+            transport.abort()
         for server in self._servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), SHUTDOWN_TIMEOUT)
