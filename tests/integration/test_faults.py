@@ -180,6 +180,16 @@ async def test_recreated_endpoint_is_re_resolved_and_retried_once(
     assert retries(sidecar, "endpoint_recreated") == 1
 
 
+async def test_concurrent_calls_that_hit_a_recreated_endpoint_all_succeed(
+    emu: Emulator, sidecar: Sidecar, client: aiohttp.ClientSession
+) -> None:
+    await asyncio.gather(*(call(client, sidecar) for _ in range(20)))  # pools warm connections to the old host
+    emu.recreate_endpoint("fraud-ro")
+    results = await asyncio.gather(*(call(client, sidecar) for _ in range(20)))
+    assert [status for status, _, _ in results] == [200] * 20  # none gets the old host's 404
+    assert emu.counters.snapshot()["metadata_reads"]["fraud-ro"] == 2  # one re-resolution for all of them
+
+
 # --- token server outage ------------------------------------------------------------------------------
 
 
