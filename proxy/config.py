@@ -23,6 +23,8 @@ from proxy.errors import ConfigError
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 ENV_PREFIX = "SERVING_SIDECAR_"
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("stream-idle-timeout", "float", 300.0, "seconds allowed between two chunks of a streamed answer"),
     Option("idle-connection-timeout", "float", 30.0, "close pooled connections idle this long (seconds)"),
     Option("metadata-ttl", "float", 300.0, "seconds an endpoint resolution is cached"),
+    Option(
+        "drain-delay",
+        "float",
+        5.0,
+        "on SIGTERM/SIGINT: seconds readiness is 503 while requests are still accepted (load balancers catch up)",
+    ),
+    Option("drain-timeout", "float", 30.0, "then: seconds in-flight requests (streams too) get to finish"),
+    Option("log-format", "choice", "text", "log line format", choices=LOG_FORMATS),
+    Option("log-level", "choice", "info", "least severe level logged", choices=LOG_LEVELS),
+    Option("access-log", "bool", False, "log one line per request (off by default: it costs throughput)"),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}
@@ -127,6 +139,11 @@ class Settings:
     stream_idle_timeout: float
     idle_connection_timeout: float
     metadata_ttl: float
+    drain_delay: float = 5.0
+    drain_timeout: float = 30.0
+    log_format: str = "text"
+    log_level: str = "info"
+    access_log: bool = False
     source: str = field(default="", compare=False)
 
     def __repr__(self) -> str:
@@ -290,6 +307,11 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         stream_idle_timeout=_positive(raw["stream_idle_timeout"], "stream-idle-timeout"),
         idle_connection_timeout=_positive(raw["idle_connection_timeout"], "idle-connection-timeout"),
         metadata_ttl=_positive(raw["metadata_ttl"], "metadata-ttl"),
+        drain_delay=_not_negative(raw["drain_delay"], "drain-delay"),
+        drain_timeout=_not_negative(raw["drain_timeout"], "drain-timeout"),
+        log_format=raw["log_format"],
+        log_level=raw["log_level"],
+        access_log=raw["access_log"],
     )
 
 
@@ -331,4 +353,10 @@ def _existing_file(value: str | None, key: str) -> Path | None:
 def _positive(value: Any, key: str) -> Any:
     if value <= 0:
         raise ConfigError(f"{key}: must be greater than zero, got {value}")
+    return value
+
+
+def _not_negative(value: Any, key: str) -> Any:
+    if value < 0:
+        raise ConfigError(f"{key}: must be zero or more, got {value}")
     return value
