@@ -7,12 +7,14 @@ Rules:
 4. An upstream 403/404 from a route-optimized endpoint re-resolves the name (rate-limited); if the
    endpoint was recreated (new URL or authorization details) the request is sent once more.
 5. Nothing is retried after the reply has been handed to the front.
+6. Observers get frozen details only (`UpstreamExchange` when a reply is closed, `(endpoint, reason)` for
+   each retry); endpoint names in them are resolved names, so they are safe metric labels.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -47,15 +49,60 @@ class Invocation:
     body: bytes
     served_model: str | None = None
     headers: Iterable[tuple[str, str]] = field(default=())  # the caller's headers, as received
+    request_id: str | None = None  # sent upstream as X-Request-Id (replacing the caller's, if any)
 
 
-def upstream_headers(downstream: Iterable[tuple[str, str]], access_token: str) -> CIMultiDict[str]:
+@dataclass(frozen=True)
+class UpstreamExchange:
+    """One upstream request whose reply was handed to a front, timed from the moment it was sent.
+
+    first_byte_seconds: until the first body byte (the response headers when the body is empty);
+    seconds: until the body was read to its end, or the reply was closed before that (`complete` False).
+    """
+
+    endpoint: str
+    status: int
+    first_byte_seconds: float
+    seconds: float
+    complete: bool
+
+
+ExchangeObserver = Callable[[UpstreamExchange], None]
+RetryObserver = Callable[[str, str], None]  # (endpoint, reason)
+
+
+def _ignore_exchange(_: UpstreamExchange) -> None:
+    return None
+
+
+def _ignore_retry(_endpoint: str, _reason: str) -> None:
+    return None
+
+
+def exchange_of(endpoint: str, reply: Reply) -> UpstreamExchange:
+    """The frozen timing details of a closed reply."""
+    finished = reply.finished_at if reply.finished_at is not None else reply.headers_at
+    first_byte = reply.first_byte_at if reply.first_byte_at is not None else reply.headers_at
+    return UpstreamExchange(
+        endpoint=endpoint,
+        status=reply.status,
+        first_byte_seconds=max(0.0, first_byte - reply.sent_at),
+        seconds=max(0.0, finished - reply.sent_at),
+        complete=reply.completed,
+    )
+
+
+def upstream_headers(
+    downstream: Iterable[tuple[str, str]], access_token: str, *, request_id: str | None = None
+) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value) for name, value in downstream if name.lower() not in _NOT_FORWARDED
     )
     headers.setdefault("Content-Type", "application/json")
     headers.setdefault("Accept", "application/json")
     headers["Authorization"] = f"Bearer {access_token}"
+    if request_id is not None:
+        headers["X-Request-Id"] = request_id
     return headers
 
 
@@ -64,10 +111,20 @@ def downstream_headers(upstream: CIMultiDictProxy[str] | Mapping[str, str]) -> l
 
 
 class Forwarder:
-    def __init__(self, resolver: Resolver, credentials: Credentials, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        credentials: Credentials,
+        upstream: Upstream,
+        *,
+        on_exchange: ExchangeObserver = _ignore_exchange,
+        on_retry: RetryObserver = _ignore_retry,
+    ) -> None:
         self._resolver = resolver
         self._credentials = credentials
         self._upstream = upstream
+        self._on_exchange = on_exchange
+        self._on_retry = on_retry
 
     def __repr__(self) -> str:
         return f"Forwarder({self._resolver!r}, {self._upstream!r})"
@@ -77,13 +134,15 @@ class Forwarder:
         """The upstream reply to `call`, its body still streaming; closed when the block exits."""
         if len(call.body) > MAX_BODY_BYTES:
             raise BodyTooLarge(f"request body is {len(call.body)} bytes; the limit is {MAX_BODY_BYTES}")
-        reply = await self._send_with_recovery(call)
+        endpoint, reply = await self._send_with_recovery(call)
         try:
             yield reply
         finally:
             reply.close()
+            self._on_exchange(exchange_of(endpoint, reply))
 
-    async def _send_with_recovery(self, call: Invocation) -> Reply:
+    async def _send_with_recovery(self, call: Invocation) -> tuple[str, Reply]:
+        """The reply to hand to the front, and the resolved endpoint name it came from."""
         resolution = await self._resolver.resolve(call.endpoint)
         reauthenticated = reresolved = False
         while True:
@@ -96,6 +155,7 @@ class Forwarder:
                 reauthenticated = True
                 reply.close()
                 source.invalidate(access_token)
+                self._on_retry(resolution.name, "unauthorized")
                 continue
             if reply.status in (403, 404) and resolution.route_optimized and not reresolved:
                 reresolved = True
@@ -103,15 +163,15 @@ class Forwarder:
                 if fresh is not None:
                     reply.close()
                     await self._credentials.forget(resolution.url, resolution.authorization_details)
+                    self._on_retry(resolution.name, "endpoint_recreated")
                     resolution = fresh
                     continue
-            return reply
+            return resolution.name, reply
 
     async def _send(self, resolution: Resolution, call: Invocation, access_token: str) -> Reply:
         url = invocation_url(resolution.url, call.served_model)
-        return await self._upstream.send(
-            "POST", url, headers=upstream_headers(call.headers, access_token), body=call.body
-        )
+        headers = upstream_headers(call.headers, access_token, request_id=call.request_id)
+        return await self._upstream.send("POST", url, headers=headers, body=call.body)
 
     async def warm(self, name: str, connections: int) -> Resolution:
         """Resolve `name`, mint its token and open pooled connections to its host ahead of traffic."""

@@ -157,27 +157,29 @@ def _text_value(value: object) -> str:
     return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
 
 
+HANDLER_NAME = "serving_sidecar"
+
+
 def build_handler(fmt: str, *, secrets: Iterable[str | None] = (), stream: TextIO | None = None) -> logging.Handler:
     """A stderr handler with the request-id filter and a redacting `fmt` ("text" or "json") formatter."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     redact = Redactor(secrets)
     handler.setFormatter(JsonFormatter(redact) if fmt == "json" else TextFormatter(redact))
     handler.addFilter(RequestIdFilter())
-    handler.set_name("serving_sidecar")
+    handler.set_name(HANDLER_NAME)
     return handler
 
 
 def configure(
     *, fmt: str = "text", level: str = "info", secrets: Iterable[str | None] = (), stream: TextIO | None = None
 ) -> None:
-    """Route every logger through one handler on the root logger (replacing any earlier one)."""
+    """Route every logger through one sidecar handler on the root logger (replacing an earlier one of ours)."""
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if old.get_name() == HANDLER_NAME:
+            root.removeHandler(old)
     root.addHandler(build_handler(fmt, secrets=secrets, stream=stream))
     root.setLevel(level.upper())
-    # aiohttp's own access logger is not used (runners are built with access_log=None); ours is ACCESS_LOGGER.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
