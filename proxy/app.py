@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.admin import Health, build_admin_app
+from proxy.admission import Admission
 from proxy.config import Address, Settings
 from proxy.credentials.cache import Fetch
 from proxy.credentials.oauth import OAuthClient, SecretReader
@@ -29,6 +30,7 @@ from proxy.credentials.sources import (
     Credentials,
     secret_from_file,
     secret_from_value,
+    watch_file,
     workload_identity_fetch,
 )
 from proxy.downstream.http import HttpFront
@@ -36,6 +38,7 @@ from proxy.endpoints import Resolver, metadata_fetcher
 from proxy.errors import SidecarError
 from proxy.forwarding import Forwarder
 from proxy.metrics import UNRESOLVED, Metrics
+from proxy.retries import RetryPolicy
 from proxy.upstream import Timeouts, Upstream, build_ssl_context
 
 log = logging.getLogger("serving_sidecar")
@@ -108,8 +111,14 @@ class Sidecar:
             self.resolver,
             self.credentials,
             self.upstream,
-            on_exchange=self.metrics.observe_exchange,
+            admission=Admission(max_total=settings.max_in_flight, max_per_endpoint=settings.max_in_flight_per_endpoint),
+            policy=RetryPolicy(
+                attempts=settings.retry_attempts,
+                budget=settings.retry_budget,
+                idempotent=frozenset(settings.idempotent_endpoints),
+            ),
             on_retry=self.metrics.observe_retry,
+            on_exchange=self.metrics.observe_exchange,
         )
         self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label, access_log=settings.access_log)
         self._listeners: dict[str, Listener] = {}
@@ -117,7 +126,7 @@ class Sidecar:
         self._started = False
         self._was_ready = False
         self._draining = False
-        self._warm_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
         return f"Sidecar(host={self.settings.host!r}, listeners={list(self._listeners)}, {self.health()})"
@@ -162,17 +171,24 @@ class Sidecar:
         await self._listen(ADMIN, build_admin_app(self.health, self.metrics), self.settings.admin_listen)
         await self._listen("http", self.http_front.app(), self.settings.http_listen)
         self.credentials.start()
-        self._warm_task = asyncio.get_running_loop().create_task(self._warm_configured())
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._warm_configured()))
+        if self.settings.client_secret_file is not None:
+            watcher = watch_file(self.settings.client_secret_file, self.credentials.workspace.retry_now)
+            self._tasks.append(loop.create_task(watcher))
         self._started = True
 
     async def _listen(self, name: str, app: web.Application, address: Address) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+        # handler_cancellation: a caller that hangs up cancels its handler, which closes the upstream request.
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, auto_decompress=False, handler_cancellation=True
+        )
         await runner.setup()
         site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
         await site.start()
         port = int(runner.addresses[0][1]) if runner.addresses else address.port
         self._listeners[name] = _AiohttpListener(runner, address, port)
-        log.info("listening", extra={"listener": name, "address": f"{address.host}:{port}"})
+        log.info("%s listener on %s:%s", name, address.host, port)
 
     async def _warm_configured(self) -> None:
         for name in self.settings.endpoints:
@@ -214,10 +230,11 @@ class Sidecar:
     async def stop(self, *, grace: float | None = None) -> None:
         """Close everything: front listeners first (in flight get `grace`, default drain_timeout), admin last."""
         self.begin_draining()
-        if self._warm_task is not None:
-            self._warm_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._warm_task
+                await task
+        self._tasks.clear()
         grace = self.settings.drain_timeout if grace is None else grace
         fronts = [listener for name, listener in self._listeners.items() if name != ADMIN]
         await asyncio.gather(*(listener.stop(grace) for listener in fronts))

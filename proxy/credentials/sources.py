@@ -26,6 +26,25 @@ def secret_from_file(path: Path) -> Callable[[], asyncio.Future[str]]:
     return lambda: asyncio.ensure_future(asyncio.to_thread(read))
 
 
+async def watch_file(path: Path, on_change: Callable[[], None], *, interval: float = 2.0) -> None:
+    """Call `on_change` whenever `path` changes (Kubernetes swaps the Secret's symlink); runs until cancelled."""
+
+    def fingerprint() -> tuple[int, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    last = await asyncio.to_thread(fingerprint)
+    while True:
+        await asyncio.sleep(interval)
+        current = await asyncio.to_thread(fingerprint)
+        if current != last:
+            last = current
+            on_change()
+
+
 def secret_from_value(value: str) -> Callable[[], asyncio.Future[str]]:
     async def read() -> str:
         return value
