@@ -153,7 +153,9 @@ class Sidecar:
         listening = bool(self._listeners) and not self._draining
         credential_ok = workspace.is_usable()
         # Startup is latched: once ready, a later token outage makes the sidecar unready, never "not started".
-        self._was_ready = self._was_ready or (self._started and listening and credential_ok)
+        if not self._was_ready and self._started and listening and credential_ok:
+            self._was_ready = True
+            log.info("ready: listeners up and a workspace token in hand")
         return Health(
             started=self._was_ready,
             listening=listening,
@@ -223,7 +225,7 @@ class Sidecar:
         self.begin_draining()
         log.info("draining: readiness is now 503; new requests are accepted for %.1f s more", delay)
         await asyncio.sleep(delay)
-        log.info("draining: listeners closed; requests in flight get up to %.1f s to finish", timeout)
+        log.info("draining: closing listeners; requests in flight get up to %.1f s to finish", timeout)
         await self.stop(grace=timeout)
         log.info("stopped")
 

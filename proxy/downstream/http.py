@@ -38,6 +38,16 @@ def _reply_headers(upstream: list[tuple[str, str]], request_id: str) -> list[tup
     return [*kept, (logs.REQUEST_ID_HEADER, request_id)]
 
 
+def _size(response: web.StreamResponse | None) -> int | None:
+    """Body bytes sent (streamed answers) or about to be sent (answers the sidecar made itself)."""
+    if response is None:
+        return None
+    if response.prepared:
+        return response.body_length
+    body = response.body if isinstance(response, web.Response) else None
+    return len(body) if isinstance(body, bytes) else None
+
+
 class HttpFront:
     def __init__(
         self, forwarder: Forwarder, metrics: Metrics, label_for: LabelFor, *, access_log: bool = False
@@ -78,10 +88,8 @@ class HttpFront:
             label = self._label_for(route.endpoint if route is not None else "")
             self._metrics.observe_request(endpoint=label, front=FRONT, code=status, seconds=seconds)
             if self._access_log:
-                size = response.body_length if response is not None and response.prepared else None
-                record = logs.AccessRecord(
-                    FRONT, request.method, logs.access_path(request.raw_path), label, status, seconds, size
-                )
+                path = logs.access_path(request.raw_path)
+                record = logs.AccessRecord(FRONT, request.method, path, label, status, seconds, _size(response))
                 logs.log_access(record)
 
     async def _serve(self, request: web.Request, route: routing.Route | None, request_id: str) -> web.StreamResponse:
