@@ -117,7 +117,7 @@ class Sidecar:
                 budget=settings.retry_budget,
                 idempotent=frozenset(settings.idempotent_endpoints),
             ),
-            on_retry=self.metrics.observe_retry,
+            on_retry=lambda endpoint, reason: self.metrics.observe_retry(self.endpoint_label(endpoint), reason),
             on_exchange=self.metrics.observe_exchange,
         )
         self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label, access_log=settings.access_log)
@@ -133,7 +133,7 @@ class Sidecar:
 
     def _workspace_fetch(self) -> Fetch:
         if self.settings.auth == "workload-identity" and self.settings.token_file is not None:
-            return workload_identity_fetch(self.oauth, self.settings.token_file)
+            return workload_identity_fetch(self.oauth, self.settings.token_file, audience=self.settings.token_audience)
         return self.oauth.client_credentials
 
     def endpoint_label(self, name: str) -> str:

@@ -87,7 +87,7 @@ class Metrics:
         )
         self.retries = Counter(
             "serving_sidecar_retries",
-            "Requests sent upstream again, by endpoint and reason",
+            "Upstream sends repeated, by endpoint and reason",
             ["endpoint", "reason"],
             registry=r,
         )

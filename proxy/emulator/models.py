@@ -143,7 +143,8 @@ def _chat(body: Mapping[str, Any], *, model: str, created: int) -> Answer | Stre
     if not isinstance(messages, list) or not messages:
         raise InvalidInput("Invalid input. 'messages' must be a non-empty list of {role, content} objects.")
     reply = chat_reply(messages)
-    completion_id = "chatcmpl-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+    completion_id = "chatcmpl-" + digest[:24]
     if body.get("stream") is True:
         return StreamedAnswer(_chunks(reply, completion_id, model, created))
     usage = {"prompt_tokens": len(json.dumps(messages).split()), "completion_tokens": len(reply.split())}
