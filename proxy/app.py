@@ -2,7 +2,7 @@
 
 Drain (SIGTERM/SIGINT), in order:
 1. `drain()` marks the sidecar draining: /readyz answers 503 at once and every `on_drain` hook runs
-   (the gRPC front sets its health to NOT_SERVING there).
+   (where a front with its own health reporting, like gRPC's, can switch to NOT_SERVING at once).
 2. For `drain_delay` seconds new requests are still accepted, so load balancers notice first.
 3. The front listeners stop accepting; keep-alive connections close after their current request, and
    requests in flight (streams included) get `drain_timeout` seconds to finish, then are cancelled.
@@ -141,10 +141,6 @@ class Sidecar:
         if name in self.settings.endpoints or self.resolver.cached(name) is not None:
             return name
         return UNRESOLVED
-
-    @property
-    def draining(self) -> bool:
-        return self._draining
 
     def health(self) -> Health:
         """Liveness, startup (ready at least once since start) and readiness, computed now."""
