@@ -20,6 +20,7 @@ from proxy.credentials.sources import (
     secret_from_value,
     workload_identity_fetch,
 )
+from proxy.downstream.grpc import GrpcFront
 from proxy.downstream.http import HttpFront
 from proxy.endpoints import Resolver, metadata_fetcher
 from proxy.errors import SidecarError
@@ -66,6 +67,7 @@ class Sidecar:
         )
         self.forwarder = Forwarder(self.resolver, self.credentials, self.upstream)
         self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label)
+        self.grpc_front = GrpcFront(self.forwarder, self.metrics, self.endpoint_label, lambda: self.health().ready)
         self._listeners: dict[str, _Listener] = {}
         self._started = False
         self._draining = False
@@ -97,13 +99,17 @@ class Sidecar:
         )
 
     def port(self, name: str) -> int:
-        """The bound port of listener `name` ("http", "admin", ...): useful with port 0."""
+        """The bound port of listener `name` ("http", "grpc", "admin"): useful with port 0."""
+        if name == "grpc":
+            return self.grpc_front.port
         return self._listeners[name].port
 
     async def start(self) -> None:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
         await self._listen("admin", build_admin_app(self.health, self.metrics), self.settings.admin_listen)
         await self._listen("http", self.http_front.app(), self.settings.http_listen)
+        port = await self.grpc_front.start(self.settings.grpc_listen)
+        log.info("listening", extra={"listener": "grpc", "address": str(Address(self.settings.grpc_listen.host, port))})
         self.credentials.start()
         self._warm_task = asyncio.get_running_loop().create_task(self._warm_configured())
         self._started = True
@@ -138,6 +144,7 @@ class Sidecar:
             self._warm_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._warm_task
+        await self.grpc_front.stop()
         for listener in reversed(list(self._listeners.values())):
             await listener.runner.cleanup()
         self._listeners.clear()
