@@ -1,0 +1,197 @@
+"""Fault knobs: one mutable object that the Python API and ``/_emulator/faults`` both edit.
+
+Rules:
+1. Knobs are read at the moment they matter (a TTL when a token is minted, latency when an
+   invocation is answered, connection knobs on every request / sweep), so edits apply at once.
+2. ``apply_patch`` is a JSON merge patch (RFC 7386): absent keys stay, ``null`` resets an optional
+   knob (or removes one ``latency`` entry), ``latency`` merges per endpoint. A bad patch changes nothing.
+3. Planned failures are consumed first-in first-out; a failure bound to one endpoint is skipped by
+   invocations of other endpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FAILURE_STATUSES = (429, 500, 502, 503, 504)
+
+_Setter = Callable[["Faults", object], None]
+
+
+class FaultsError(ValueError):
+    """A knob value or patch is invalid; nothing was changed."""
+
+
+@dataclass
+class PlannedFailure:
+    """The next ``remaining`` invocations (of ``endpoint``, or of any endpoint) answer ``status``."""
+
+    remaining: int
+    status: int
+    retry_after: int | None = None
+    endpoint: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "remaining": self.remaining,
+            "status": self.status,
+            "retry_after": self.retry_after,
+            "endpoint": self.endpoint,
+        }
+
+
+@dataclass
+class Faults:
+    """Run-time knobs.
+
+    latency: seconds added before answering, per endpoint name (overrides ``EndpointSpec.latency``).
+    cp_token_ttl / dp_token_ttl: lifetime in seconds of newly minted workspace / data-plane tokens.
+    token_latency: seconds the token endpoint waits before answering.
+    token_outage: the token endpoint answers 503 ``temporarily_unavailable``.
+    idle_close_after: close keep-alive connections idle for longer than this many seconds.
+    close_after_requests: a request arriving on a connection that already served this many
+        requests makes the server drop the connection without answering.
+    connection_faults_on_control_plane: apply the two connection knobs to the control-plane
+        listener too (admin routes are always exempt); by default only data-plane listeners.
+    planned_failures: queue filled by ``fail_next`` (read-only through the patch route).
+    """
+
+    latency: dict[str, float] = field(default_factory=dict)
+    cp_token_ttl: float = 3600.0
+    dp_token_ttl: float = 3600.0
+    token_latency: float = 0.0
+    token_outage: bool = False
+    idle_close_after: float | None = None
+    close_after_requests: int | None = None
+    connection_faults_on_control_plane: bool = False
+    planned_failures: list[PlannedFailure] = field(default_factory=list)
+
+    def latency_for(self, name: str, default: float) -> float:
+        """Seconds to wait before answering an invocation of ``name``."""
+        return self.latency.get(name, default)
+
+    def fail_next(
+        self, count: int, status: int, *, retry_after: int | None = None, endpoint: str | None = None
+    ) -> None:
+        """Queue ``count`` failures with ``status`` (429, 500, 502, 503 or 504)."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise FaultsError(f"count must be a positive integer, got {count!r}")
+        if status not in FAILURE_STATUSES:
+            raise FaultsError(f"status must be one of {FAILURE_STATUSES}, got {status!r}")
+        if retry_after is not None and (
+            isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0
+        ):
+            raise FaultsError(f"retry_after must be a non-negative integer, got {retry_after!r}")
+        self.planned_failures.append(PlannedFailure(count, status, retry_after, endpoint))
+
+    def take_failure(self, endpoint: str) -> PlannedFailure | None:
+        """Consume one planned failure that applies to ``endpoint``; None when there is none."""
+        for planned in self.planned_failures:
+            if planned.endpoint in (None, endpoint):
+                planned.remaining -= 1
+                if planned.remaining <= 0:
+                    self.planned_failures.remove(planned)
+                return PlannedFailure(1, planned.status, planned.retry_after, planned.endpoint)
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able view of every knob."""
+        return {
+            "latency": dict(self.latency),
+            "cp_token_ttl": self.cp_token_ttl,
+            "dp_token_ttl": self.dp_token_ttl,
+            "token_latency": self.token_latency,
+            "token_outage": self.token_outage,
+            "idle_close_after": self.idle_close_after,
+            "close_after_requests": self.close_after_requests,
+            "connection_faults_on_control_plane": self.connection_faults_on_control_plane,
+            "planned_failures": [p.as_dict() for p in self.planned_failures],
+        }
+
+
+def apply_patch(faults: Faults, patch: Mapping[str, object]) -> None:
+    """Merge ``patch`` into ``faults`` (rule 2); raise ``FaultsError`` and change nothing if invalid."""
+    staged = copy.deepcopy(faults)
+    for key, value in patch.items():
+        setter = _SETTERS.get(key)
+        if setter is None:
+            raise FaultsError(f"unknown knob {key!r}; knobs: {', '.join(sorted(_SETTERS))}")
+        setter(staged, value)
+    for key in _SETTERS:
+        setattr(faults, key, getattr(staged, key))
+
+
+def _seconds(key: str, value: object, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        expected = "null or " if optional else ""
+        raise FaultsError(f"{key} must be {expected}a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _set_latency(faults: Faults, value: object) -> None:
+    if value is None:
+        faults.latency = {}
+        return
+    if not isinstance(value, Mapping):
+        raise FaultsError(f"latency must be an object of endpoint name -> seconds, got {value!r}")
+    for name, seconds in value.items():
+        if not isinstance(name, str):
+            raise FaultsError(f"latency keys must be endpoint names, got {name!r}")
+        if seconds is None:
+            faults.latency.pop(name, None)
+        else:
+            faults.latency[name] = _seconds(f"latency.{name}", seconds) or 0.0
+
+
+def _set_float(key: str) -> _Setter:
+    def setter(faults: Faults, value: object) -> None:
+        setattr(faults, key, _seconds(key, value))
+
+    return setter
+
+
+def _set_optional_float(key: str) -> _Setter:
+    def setter(faults: Faults, value: object) -> None:
+        setattr(faults, key, _seconds(key, value, optional=True))
+
+    return setter
+
+
+def _set_bool(key: str) -> _Setter:
+    def setter(faults: Faults, value: object) -> None:
+        if not isinstance(value, bool):
+            raise FaultsError(f"{key} must be true or false, got {value!r}")
+        setattr(faults, key, value)
+
+    return setter
+
+
+def _set_close_after_requests(faults: Faults, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise FaultsError(f"close_after_requests must be null or an integer >= 1, got {value!r}")
+    faults.close_after_requests = value
+
+
+def _set_planned_failures(faults: Faults, value: object) -> None:
+    if value not in (None, []):
+        raise FaultsError("planned_failures can only be cleared (null or []); use /_emulator/fail-next")
+    faults.planned_failures = []
+
+
+_SETTERS: dict[str, _Setter] = {
+    "latency": _set_latency,
+    "cp_token_ttl": _set_float("cp_token_ttl"),
+    "dp_token_ttl": _set_float("dp_token_ttl"),
+    "token_latency": _set_float("token_latency"),
+    "token_outage": _set_bool("token_outage"),
+    "idle_close_after": _set_optional_float("idle_close_after"),
+    "close_after_requests": _set_close_after_requests,
+    "connection_faults_on_control_plane": _set_bool("connection_faults_on_control_plane"),
+    "planned_failures": _set_planned_failures,
+}
