@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.admin import Health, build_admin_app
+from proxy.admission import Admission
 from proxy.config import Address, Settings
 from proxy.credentials.cache import Fetch
 from proxy.credentials.oauth import OAuthClient, SecretReader
@@ -18,6 +19,7 @@ from proxy.credentials.sources import (
     Credentials,
     secret_from_file,
     secret_from_value,
+    watch_file,
     workload_identity_fetch,
 )
 from proxy.downstream.grpc import GrpcFront
@@ -26,6 +28,7 @@ from proxy.endpoints import Resolver, metadata_fetcher
 from proxy.errors import SidecarError
 from proxy.forwarding import Forwarder
 from proxy.metrics import UNRESOLVED, Metrics
+from proxy.retries import RetryPolicy
 from proxy.upstream import Timeouts, Upstream, build_ssl_context
 
 log = logging.getLogger("serving_sidecar")
@@ -65,20 +68,31 @@ class Sidecar:
             ttl=settings.metadata_ttl,
             on_resolve=self.metrics.observe_resolution,
         )
-        self.forwarder = Forwarder(self.resolver, self.credentials, self.upstream)
+        self.forwarder = Forwarder(
+            self.resolver,
+            self.credentials,
+            self.upstream,
+            admission=Admission(max_total=settings.max_in_flight, max_per_endpoint=settings.max_in_flight_per_endpoint),
+            policy=RetryPolicy(
+                attempts=settings.retry_attempts,
+                budget=settings.retry_budget,
+                idempotent=frozenset(settings.idempotent_endpoints),
+            ),
+            on_retry=lambda endpoint, reason: self.metrics.observe_retry(self.endpoint_label(endpoint), reason),
+        )
         self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label)
         self.grpc_front = GrpcFront(self.forwarder, self.metrics, self.endpoint_label, lambda: self.health().ready)
         self._listeners: dict[str, _Listener] = {}
         self._started = False
         self._draining = False
-        self._warm_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
         return f"Sidecar(host={self.settings.host!r}, listeners={list(self._listeners)}, {self.health()})"
 
     def _workspace_fetch(self) -> Fetch:
         if self.settings.auth == "workload-identity" and self.settings.token_file is not None:
-            return workload_identity_fetch(self.oauth, self.settings.token_file)
+            return workload_identity_fetch(self.oauth, self.settings.token_file, audience=self.settings.token_audience)
         return self.oauth.client_credentials
 
     def endpoint_label(self, name: str) -> str:
@@ -111,17 +125,24 @@ class Sidecar:
         port = await self.grpc_front.start(self.settings.grpc_listen)
         log.info("listening", extra={"listener": "grpc", "address": str(Address(self.settings.grpc_listen.host, port))})
         self.credentials.start()
-        self._warm_task = asyncio.get_running_loop().create_task(self._warm_configured())
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._warm_configured()))
+        if self.settings.client_secret_file is not None:
+            watcher = watch_file(self.settings.client_secret_file, self.credentials.workspace.retry_now)
+            self._tasks.append(loop.create_task(watcher))
         self._started = True
 
     async def _listen(self, name: str, app: web.Application, address: Address) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+        # handler_cancellation: a caller that hangs up cancels its handler, which closes the upstream request.
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, auto_decompress=False, handler_cancellation=True
+        )
         await runner.setup()
         site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
         await site.start()
         port = int(runner.addresses[0][1]) if runner.addresses else address.port
         self._listeners[name] = _Listener(runner, address, port)
-        log.info("listening", extra={"listener": name, "address": f"{address.host}:{port}"})
+        log.info("%s listener on %s:%s", name, address.host, port)
 
     async def _warm_configured(self) -> None:
         for name in self.settings.endpoints:
@@ -140,10 +161,11 @@ class Sidecar:
 
     async def stop(self) -> None:
         self._draining = True
-        if self._warm_task is not None:
-            self._warm_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._warm_task
+                await task
+        self._tasks.clear()
         await self.grpc_front.stop()
         for listener in reversed(list(self._listeners.values())):
             await listener.runner.cleanup()

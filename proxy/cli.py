@@ -161,16 +161,18 @@ async def _demo(args: argparse.Namespace) -> int:
 
 def _demo_banner(settings: config.Settings, workspace_url: str, names: list[str]) -> str:
     base = f"http://{settings.http_listen}"
+    curl = "curl -s -H 'Content-Type: application/json'"
+    examples = [
+        ("fraud-ro", '{"dataframe_records": [{"amount": 12.5, "items": 3}]}'),
+        ("chat-ro", '{"messages": [{"role": "user", "content": "hello there"}], "stream": true}'),
+        ("plain-model", '{"instances": [[1, 2], [3, 4]]}'),
+    ]
     return "\n".join(
         [
             f"serving-sidecar demo: emulated workspace at {workspace_url}, sidecar at {base}",
             f"endpoints: {', '.join(names)}; metrics at http://{settings.admin_listen}/metrics",
             "try:",
-            f"  curl -s {base}/serving-endpoints/fraud-ro/invocations "
-            """-d '{"dataframe_records": [{"amount": 12.5, "items": 3}]}'""",
-            f"  curl -sN {base}/serving-endpoints/chat-ro/invocations "
-            """-d '{"messages": [{"role": "user", "content": "hello there"}], "stream": true}'""",
-            f"  curl -s {base}/serving-endpoints/plain-model/invocations -d '{{\"instances\": [[1, 2], [3, 4]]}}'",
+            *(f"  {curl} {base}/serving-endpoints/{name}/invocations -d '{body}'" for name, body in examples),
             "press Ctrl-C to stop",
         ]
     )

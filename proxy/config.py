@@ -100,6 +100,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("stream-idle-timeout", "float", 300.0, "seconds allowed between two chunks of a streamed answer"),
     Option("idle-connection-timeout", "float", 30.0, "close pooled connections idle this long (seconds)"),
     Option("metadata-ttl", "float", 300.0, "seconds an endpoint resolution is cached"),
+    Option("retry-attempts", "int", 3, "most sends of one request on 429/503/connect failures (first included)"),
+    Option("retry-budget", "float", 10.0, "most seconds one request spends waiting between retries"),
+    Option(
+        "idempotent-endpoint",
+        "list",
+        (),
+        "endpoint whose 500/502/504 and timeouts may be retried (its inference may run twice; repeatable)",
+    ),
+    Option("max-in-flight", "int", 1024, "requests in flight beyond which new ones get an immediate 503"),
+    Option("max-in-flight-per-endpoint", "int", 512, "the same bound for each endpoint"),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}
@@ -127,6 +137,11 @@ class Settings:
     stream_idle_timeout: float
     idle_connection_timeout: float
     metadata_ttl: float
+    retry_attempts: int = 3
+    retry_budget: float = 10.0
+    idempotent_endpoints: tuple[str, ...] = ()
+    max_in_flight: int = 1024
+    max_in_flight_per_endpoint: int = 512
     source: str = field(default="", compare=False)
 
     def __repr__(self) -> str:
@@ -213,8 +228,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a mapping of option: value")
     values = {str(k).replace("-", "_"): v for k, v in data.items()}
-    if "endpoints" in values:
-        values["endpoint"] = values.pop("endpoints")
+    for plural, singular in (("endpoints", "endpoint"), ("idempotent_endpoints", "idempotent_endpoint")):
+        if plural in values:
+            values[singular] = values.pop(plural)
     unknown = sorted(set(values) - set(_BY_KEY) - {"client_secret"})
     if unknown:
         raise ConfigError(f"config: unknown key(s) {', '.join(unknown)} in {path}")
@@ -290,6 +306,11 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         stream_idle_timeout=_positive(raw["stream_idle_timeout"], "stream-idle-timeout"),
         idle_connection_timeout=_positive(raw["idle_connection_timeout"], "idle-connection-timeout"),
         metadata_ttl=_positive(raw["metadata_ttl"], "metadata-ttl"),
+        retry_attempts=_positive(raw["retry_attempts"], "retry-attempts"),
+        retry_budget=max(0.0, float(raw["retry_budget"])),
+        idempotent_endpoints=tuple(raw["idempotent_endpoint"]),
+        max_in_flight=_positive(raw["max_in_flight"], "max-in-flight"),
+        max_in_flight_per_endpoint=_positive(raw["max_in_flight_per_endpoint"], "max-in-flight-per-endpoint"),
     )
 
 

@@ -95,6 +95,25 @@ class UpstreamUnreachable(SidecarError):
     error_code = "BAD_GATEWAY"
 
 
+class ConnectFailed(UpstreamUnreachable):
+    """No connection could be made: nothing was sent, so a retry cannot duplicate inference."""
+
+
+class StaleConnection(UpstreamUnreachable):
+    """A reused pooled connection was reset before any response byte: retry once on a fresh connection."""
+
+
+class Overloaded(SidecarError):
+    """Too many requests in flight (globally or for one endpoint): shed at once instead of queueing."""
+
+    status = 503
+    error_code = "REQUEST_LIMIT_EXCEEDED"
+
+    @property
+    def grpc_code(self) -> str:
+        return "RESOURCE_EXHAUSTED"
+
+
 class NoCredential(SidecarError):
     """No usable token: the token server failed or is not reachable. Always carries Retry-After."""
 

@@ -1,26 +1,32 @@
-"""The one request path both fronts share: resolve -> token -> send -> hand the reply back.
+"""The one request path both fronts share: admit -> resolve -> token -> send -> hand the reply back.
 
 Rules:
 1. The body is bytes, never parsed; over MAX_BODY_BYTES it is refused before anything is sent.
-2. The caller's Authorization and hop-by-hop headers are dropped; the sidecar's bearer token is set.
-3. An upstream 401 invalidates the token, mints a new one and sends once more.
-4. An upstream 403/404 from a route-optimized endpoint re-resolves the name (rate-limited); if the
+2. Requests beyond the in-flight bounds are shed at once (`admission`).
+3. The caller's Authorization and hop-by-hop headers are dropped; the sidecar's bearer token is set.
+4. An upstream 401 invalidates the token, mints a new one and sends once more.
+5. An upstream 403/404 from a route-optimized endpoint re-resolves the name (rate-limited); if the
    endpoint was recreated (new URL or authorization details) the request is sent once more.
-5. Nothing is retried after the reply has been handed to the front.
+6. A reset on a reused pooled connection before any response byte is sent once more, on a fresh one.
+7. 429/503/connect failures (and, for idempotent endpoints, 500/502/504/timeouts) follow `retries`.
+8. Nothing is retried after the reply has been handed to the front.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy import retries
+from proxy.admission import Admission
 from proxy.config import MAX_BODY_BYTES
 from proxy.credentials.sources import Credentials
 from proxy.endpoints import Resolution, Resolver
-from proxy.errors import BodyTooLarge
+from proxy.errors import BodyTooLarge, ConnectFailed, StaleConnection, UpstreamTimeout
 from proxy.routing import invocation_url
 from proxy.upstream import Reply, Upstream
 
@@ -63,55 +69,134 @@ def downstream_headers(upstream: CIMultiDictProxy[str] | Mapping[str, str]) -> l
     return [(name, value) for name, value in upstream.items() if name.lower() not in _NOT_RETURNED]
 
 
+RetryHook = Callable[[str, str], None]  # (endpoint, reason)
+
+
+def _no_hook(_endpoint: str, _reason: str) -> None:
+    return None
+
+
+@dataclass
+class _Progress:
+    """What one invocation has used up so far."""
+
+    attempt: int = 1
+    waited: float = 0.0
+    reauthenticated: bool = False
+    reresolved: bool = False
+    fresh: bool = False
+
+
 class Forwarder:
-    def __init__(self, resolver: Resolver, credentials: Credentials, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        credentials: Credentials,
+        upstream: Upstream,
+        *,
+        admission: Admission | None = None,
+        policy: retries.RetryPolicy | None = None,
+        on_retry: RetryHook = _no_hook,
+    ) -> None:
         self._resolver = resolver
         self._credentials = credentials
         self._upstream = upstream
+        self.admission = admission or Admission(max_total=1024, max_per_endpoint=1024)
+        self._policy = policy or retries.RetryPolicy()
+        self._on_retry = on_retry
 
     def __repr__(self) -> str:
-        return f"Forwarder({self._resolver!r}, {self._upstream!r})"
+        return f"Forwarder({self._resolver!r}, {self._upstream!r}, {self.admission!r})"
 
     @contextlib.asynccontextmanager
     async def invoke(self, call: Invocation) -> AsyncIterator[Reply]:
         """The upstream reply to `call`, its body still streaming; closed when the block exits."""
         if len(call.body) > MAX_BODY_BYTES:
             raise BodyTooLarge(f"request body is {len(call.body)} bytes; the limit is {MAX_BODY_BYTES}")
-        reply = await self._send_with_recovery(call)
-        try:
-            yield reply
-        finally:
-            reply.close()
+        with self.admission.slot(call.endpoint):
+            reply = await self._send_with_recovery(call)
+            try:
+                yield reply
+            finally:
+                reply.close()
 
     async def _send_with_recovery(self, call: Invocation) -> Reply:
         resolution = await self._resolver.resolve(call.endpoint)
-        reauthenticated = reresolved = False
+        progress = _Progress()
         while True:
             source = self._credentials.for_target(
                 resolution.url, resolution.authorization_details, label=resolution.name
             )
             access_token = await source.get()
-            reply = await self._send(resolution, call, access_token)
-            if reply.status == 401 and not reauthenticated:
-                reauthenticated = True
+            try:
+                reply = await self._send(resolution, call, access_token, fresh=progress.fresh)
+            except StaleConnection:
+                if progress.fresh:
+                    raise
+                progress.fresh = True
+                self._on_retry(call.endpoint, "stale_connection")
+                continue
+            except (ConnectFailed, UpstreamTimeout) as failure:
+                kind = "connect" if isinstance(failure, ConnectFailed) else "timeout"
+                if not await self._wait_for_retry(call.endpoint, progress, failure=kind):
+                    raise
+                continue
+            if reply.status == 401 and not progress.reauthenticated:
+                progress.reauthenticated = True
                 reply.close()
                 source.invalidate(access_token)
+                self._on_retry(call.endpoint, "unauthorized")
                 continue
-            if reply.status in (403, 404) and resolution.route_optimized and not reresolved:
-                reresolved = True
+            if reply.status in (403, 404) and resolution.route_optimized and not progress.reresolved:
+                progress.reresolved = True
                 fresh = await self._resolver.recheck(resolution)
                 if fresh is not None:
                     reply.close()
                     await self._credentials.forget(resolution.url, resolution.authorization_details)
                     resolution = fresh
+                    self._on_retry(call.endpoint, "endpoint_recreated")
                     continue
+            retry_after = reply.headers.get("Retry-After")
+            if await self._wait_for_retry(
+                call.endpoint, progress, status=reply.status, retry_after=retry_after, reply=reply
+            ):
+                continue
             return reply
 
-    async def _send(self, resolution: Resolution, call: Invocation, access_token: str) -> Reply:
-        url = invocation_url(resolution.url, call.served_model)
-        return await self._upstream.send(
-            "POST", url, headers=upstream_headers(call.headers, access_token), body=call.body
+    async def _wait_for_retry(
+        self,
+        endpoint: str,
+        progress: _Progress,
+        *,
+        status: int | None = None,
+        failure: str | None = None,
+        retry_after: str | None = None,
+        reply: Reply | None = None,
+    ) -> bool:
+        """Apply the retry policy; if it says retry, release `reply`, wait and return True."""
+        decision = retries.decide(
+            self._policy,
+            endpoint=endpoint,
+            attempt=progress.attempt,
+            waited=progress.waited,
+            status=status,
+            failure=failure,
+            retry_after=retry_after,
         )
+        if not decision.retry:
+            return False
+        if reply is not None:
+            reply.close()
+        self._on_retry(endpoint, decision.reason)
+        await asyncio.sleep(decision.delay)
+        progress.attempt += 1
+        progress.waited += decision.delay
+        return True
+
+    async def _send(self, resolution: Resolution, call: Invocation, access_token: str, *, fresh: bool) -> Reply:
+        url = invocation_url(resolution.url, call.served_model)
+        headers = upstream_headers(call.headers, access_token)
+        return await self._upstream.send("POST", url, headers=headers, body=call.body, fresh=fresh)
 
     async def warm(self, name: str, connections: int) -> Resolution:
         """Resolve `name`, mint its token and open pooled connections to its host ahead of traffic."""

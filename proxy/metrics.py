@@ -55,6 +55,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.retries = Counter(
+            "serving_sidecar_retries",
+            "Upstream sends repeated, by endpoint and reason",
+            ["endpoint", "reason"],
+            registry=r,
+        )
         self.ready = Gauge("serving_sidecar_ready", "1 when the sidecar is ready to serve", registry=r)
         build = Gauge("serving_sidecar_build_info", "Build information", ["version"], registry=r)
         build.labels(version=__version__).set(1)
@@ -63,6 +69,9 @@ class Metrics:
         self.token_fetches.labels(kind=outcome.kind, result="success" if outcome.ok else "failure").inc()
         if outcome.expires_at is not None:
             self.token_expiry.labels(kind=outcome.kind, endpoint=outcome.label).set(outcome.expires_at)
+
+    def observe_retry(self, endpoint: str, reason: str) -> None:
+        self.retries.labels(endpoint=endpoint, reason=reason).inc()
 
     def observe_resolution(self, result: str) -> None:
         self.resolutions.labels(result=result).inc()

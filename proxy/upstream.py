@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import ssl
+import types
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import ConnectFailed, StaleConnection, UpstreamTimeout, UpstreamUnreachable
+
+LARGE_BODY = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,15 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+@dataclass
+class _Attempt:
+    """Per-request trace context: did this request go out on a reused pooled connection?"""
+
+    reused: bool = False
+
+
 @contextlib.contextmanager
-def translate_errors(url: str) -> Iterator[None]:
+def translate_errors(url: str, attempt: _Attempt | None = None) -> Iterator[None]:
     """Map aiohttp/asyncio failures to the sidecar's errors. Never includes headers (tokens) in messages."""
     host = urlsplit(url).netloc
     try:
@@ -51,7 +62,11 @@ def translate_errors(url: str) -> Iterator[None]:
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"upstream {host} did not answer in time") from exc
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnreachable(f"cannot connect to upstream {host}: {exc.strerror or exc}") from exc
+        raise ConnectFailed(f"cannot connect to upstream {host}: {exc.strerror or exc}") from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        if attempt is not None and attempt.reused:
+            raise StaleConnection(f"pooled connection to {host} was closed by the server") from exc
+        raise UpstreamUnreachable(f"upstream {host} closed the connection: {type(exc).__name__}") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(f"upstream {host} failed: {type(exc).__name__}") from exc
 
@@ -88,11 +103,13 @@ class Reply:
 
 
 class Pool:
-    """Keep-alive connections to one upstream host."""
+    """Keep-alive connections to one upstream host, plus an unpooled session for fresh-connection retries."""
 
     def __init__(self, origin: str, *, ssl_context: ssl.SSLContext, size: int, timeouts: Timeouts) -> None:
         self.origin = origin
         self.connects = 0
+        self._ssl_context = ssl_context
+        self._timeouts = timeouts
         self._connector = aiohttp.TCPConnector(
             limit=size,
             limit_per_host=size,
@@ -100,19 +117,25 @@ class Pool:
             ssl=ssl_context,
             ttl_dns_cache=300,
         )
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_create_end.append(self._count_connect)
-        self._session = aiohttp.ClientSession(
-            connector=self._connector,
-            auto_decompress=False,
-            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.first_byte),
-            trace_configs=[trace],
-            trust_env=False,
-        )
+        self._session = self._new_session(self._connector)
+        self._fresh: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
         return f"Pool({self.origin}, connects={self.connects}, idle={self.idle_connections})"
+
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_end.append(self._count_connect)
+        trace.on_connection_reuseconn.append(self._mark_reused)
+        return aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            # sock_read is left unset: the first byte and the gaps between chunks have their own timeouts.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeouts.connect),
+            trace_configs=[trace],
+            trust_env=False,
+        )
 
     @property
     def idle_connections(self) -> int:
@@ -121,14 +144,39 @@ class Pool:
     async def _count_connect(self, *_: object) -> None:
         self.connects += 1
 
+    @staticmethod
+    async def _mark_reused(_session: object, context: types.SimpleNamespace, _params: object) -> None:
+        if isinstance(context.trace_request_ctx, _Attempt):
+            context.trace_request_ctx.reused = True
+
+    def _fresh_session(self) -> aiohttp.ClientSession:
+        if self._fresh is None:
+            connector = aiohttp.TCPConnector(force_close=True, ssl=self._ssl_context)
+            self._fresh = self._new_session(connector)
+        return self._fresh
+
     async def open(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None, *, fresh: bool = False
     ) -> aiohttp.ClientResponse:
-        with translate_errors(url):
-            return await self._session.request(method, url, headers=headers, data=body, allow_redirects=False)
+        """Send and wait for the response headers (bounded by the first-byte timeout).
+
+        `fresh=True` uses a new connection instead of a pooled one. A reset on a reused connection before
+        any response byte raises StaleConnection, which the caller may retry with `fresh=True`.
+        """
+        session = self._fresh_session() if fresh else self._session
+        attempt = _Attempt()
+        # aiohttp writes a BytesIO in chunks, yielding to the loop; BytesIO shares the bytes, no copy.
+        data = io.BytesIO(body) if body is not None and len(body) > LARGE_BODY else body
+        with translate_errors(url, attempt):
+            async with asyncio.timeout(self._timeouts.first_byte):
+                return await session.request(
+                    method, url, headers=headers, data=data, allow_redirects=False, trace_request_ctx=attempt
+                )
 
     async def close(self) -> None:
         await self._session.close()
+        if self._fresh is not None:
+            await self._fresh.close()
 
 
 class Upstream:
@@ -155,9 +203,11 @@ class Upstream:
     def pools(self) -> list[Pool]:
         return list(self._pools.values())
 
-    async def send(self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None) -> Reply:
+    async def send(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None, fresh: bool = False
+    ) -> Reply:
         """Start a request; the returned Reply's body is streamed. Raises UpstreamUnreachable/Timeout."""
-        response = await self.pool(url).open(method, url, headers, body)
+        response = await self.pool(url).open(method, url, headers, body, fresh=fresh)
         return Reply(response, self.timeouts.stream_idle)
 
     async def fetch(

@@ -71,6 +71,7 @@ class RefreshingToken:
         self._loop_task: asyncio.Task[None] | None = None
         self._failures = 0
         self._retry_at = 0.0
+        self._wake = asyncio.Event()
         self.last_error: TokenError | None = None
 
     def __repr__(self) -> str:
@@ -106,6 +107,12 @@ class RefreshingToken:
             self._token = None
             self._retry_at = 0.0
 
+    def retry_now(self) -> None:
+        """Cut a failure backoff short (e.g. the secret file changed): the loop fetches again at once."""
+        if self.last_error is not None:
+            self._retry_at = 0.0
+            self._wake.set()
+
     def start(self) -> None:
         """Start the background refresh loop (fetches at once when there is no token)."""
         if self._loop_task is None:
@@ -130,7 +137,10 @@ class RefreshingToken:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.next_refresh_delay())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.next_refresh_delay()):
+                    await self._wake.wait()
+            self._wake.clear()
             if self._token is not None and self.last_error is None and self.next_refresh_delay() > 0:
                 continue  # someone else refreshed meanwhile
             with contextlib.suppress(TokenError):

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jwt
+
 from proxy.credentials.cache import Fetch, Observer, RefreshingToken, Token, TokenCache
 from proxy.credentials.oauth import OAuthClient
 from proxy.errors import NoCredential, TokenError
@@ -26,6 +28,25 @@ def secret_from_file(path: Path) -> Callable[[], asyncio.Future[str]]:
     return lambda: asyncio.ensure_future(asyncio.to_thread(read))
 
 
+async def watch_file(path: Path, on_change: Callable[[], None], *, interval: float = 2.0) -> None:
+    """Call `on_change` whenever `path` changes (Kubernetes swaps the Secret's symlink); runs until cancelled."""
+
+    def fingerprint() -> tuple[int, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    last = await asyncio.to_thread(fingerprint)
+    while True:
+        await asyncio.sleep(interval)
+        current = await asyncio.to_thread(fingerprint)
+        if current != last:
+            last = current
+            on_change()
+
+
 def secret_from_value(value: str) -> Callable[[], asyncio.Future[str]]:
     async def read() -> str:
         return value
@@ -33,19 +54,41 @@ def secret_from_value(value: str) -> Callable[[], asyncio.Future[str]]:
     return lambda: asyncio.ensure_future(read())
 
 
-def workload_identity_fetch(oauth: OAuthClient, token_file: Path) -> Fetch:
-    """Exchange the projected service-account token (re-read each time: the kubelet rotates it)."""
+def workload_identity_fetch(oauth: OAuthClient, token_file: Path, *, audience: str | None = None) -> Fetch:
+    """Exchange the projected service-account token (re-read each time: the kubelet rotates it).
+
+    With `audience`, a token minted for another audience is refused locally with a clear message.
+    """
 
     def read() -> str:
         try:
-            return token_file.read_text().strip()
+            token = token_file.read_text().strip()
         except OSError as exc:
             raise TokenError("invalid_request", f"cannot read token file {token_file}: {exc.strerror}") from None
+        if audience is not None:
+            check_audience(token, audience, token_file)
+        return token
 
     async def fetch() -> Token:
         return await oauth.token_exchange(subject_token=await asyncio.to_thread(read))
 
     return fetch
+
+
+def check_audience(token: str, audience: str, source: Path) -> None:
+    """Raise TokenError unless the (unverified) JWT's `aud` includes `audience`. The token is never logged."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise TokenError("invalid_request", f"token file {source} does not hold a JWT") from None
+    found = claims.get("aud")
+    audiences = [found] if isinstance(found, str) else list(found or [])
+    if audience not in audiences:
+        raise TokenError(
+            "invalid_request",
+            f"token file {source} was minted for audience {audiences}, not {audience!r} (--token-audience); "
+            "fix the projected volume's audience",
+        )
 
 
 class Credentials:
@@ -88,16 +131,20 @@ class Credentials:
 
     def _exchange_fetch(self, authorization_details: str) -> Fetch:
         async def fetch() -> Token:
-            try:
-                assertion = await self.workspace.get()
-            except NoCredential as exc:
-                raise TokenError("workspace_token_unavailable", exc.message) from None
-            try:
-                return await self._oauth.jwt_bearer(assertion=assertion, authorization_details=authorization_details)
-            except TokenError as exc:
-                if exc.error == "invalid_grant":
-                    self.workspace.invalidate(assertion)  # revoked or expired assertion: mint anew next time
-                raise
+            for attempt in range(2):
+                try:
+                    assertion = await self.workspace.get()
+                except NoCredential as exc:
+                    raise TokenError("workspace_token_unavailable", exc.message) from None
+                try:
+                    return await self._oauth.jwt_bearer(
+                        assertion=assertion, authorization_details=authorization_details
+                    )
+                except TokenError as exc:
+                    if exc.error != "invalid_grant" or attempt:
+                        raise
+                    self.workspace.invalidate(assertion)  # revoked or expired assertion: mint one anew
+            raise AssertionError("unreachable")
 
         return fetch
 

@@ -81,8 +81,7 @@ class HttpFront:
                 request.transport.close()
             return response
 
-    @staticmethod
-    async def _invocation(request: web.Request, route: routing.Route | None) -> Invocation:
+    async def _invocation(self, request: web.Request, route: routing.Route | None) -> Invocation:
         if route is None:
             raise EndpointNotFound(
                 "no such route: use POST /serving-endpoints/<endpoint_name>/invocations or "
@@ -92,6 +91,7 @@ class HttpFront:
             raise MethodNotAllowed(f"method {request.method} not allowed: invocations take POST")
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             raise BodyTooLarge(f"request body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
+        self._forwarder.admission.check(route.endpoint)  # shed before reading the body: bounded memory
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:

@@ -56,9 +56,7 @@ def _verified(authorization: str | None, authority: TokenAuthority, now: float) 
     return claims
 
 
-def check_workspace(
-    authorization: str | None, authority: TokenAuthority, *, now: float
-) -> TokenClaims | Denial:
+def check_workspace(authorization: str | None, authority: TokenAuthority, *, now: float) -> TokenClaims | Denial:
     """Rule 1."""
     claims = _verified(authorization, authority, now)
     if isinstance(claims, Denial):
@@ -97,9 +95,7 @@ def check_plain(
     if isinstance(claims, Denial):
         return claims
     allowed = (
-        incarnation.spec.may_query(claims.subject)
-        if claims.kind == "workspace"
-        else grants_query(claims, incarnation)
+        incarnation.spec.may_query(claims.subject) if claims.kind == "workspace" else grants_query(claims, incarnation)
     )
     if not allowed:
         return Denial(

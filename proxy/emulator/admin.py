@@ -133,9 +133,7 @@ class Admin:
         try:
             new_id = self._controls.recreate_endpoint(name)
         except KeyError:
-            return databricks_error(
-                404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint with name '{name}' does not exist."
-            )
+            return databricks_error(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint with name '{name}' does not exist.")
         return json_response({"name": name, "id": new_id, "endpoint_url": self._controls.endpoint_url(name)})
 
     async def revoke(self, request: web.Request) -> web.Response:

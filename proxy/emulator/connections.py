@@ -60,19 +60,14 @@ def is_idle_expired(state: ConnectionState, faults: Faults, now: float) -> bool:
     """Rule 3."""
     limit = faults.idle_close_after
     return (
-        limit is not None
-        and faults_apply(state, faults)
-        and state.in_flight == 0
-        and now - state.last_active > limit
+        limit is not None and faults_apply(state, faults) and state.in_flight == 0 and now - state.last_active > limit
     )
 
 
 class ConnectionTracker:
     """Per-connection state for every listener of one emulator."""
 
-    def __init__(
-        self, counters: Counters, faults: Faults, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, counters: Counters, faults: Faults, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._counters = counters
         self._faults = faults
         self._clock = clock
@@ -117,7 +112,10 @@ class ConnectionTracker:
                 state.connected = True
                 if is_idle_expired(state, self._faults, now):
                     # What aiohttp's own keep-alive timer does to an idle connection.
+                    transport = handler.transport
                     handler.force_close()
+                    if transport is not None:
+                        transport.abort()
                     del self._states[handler]
                     closed += 1
             elif state.connected or now - state.opened_at > HANDSHAKE_GRACE:

@@ -72,9 +72,7 @@ class Counters:
     def snapshot(self) -> dict[str, Any]:
         """A deep, JSON-able copy in the documented shape."""
         return {
-            "token_grants": {
-                g: self.token_grants[g] for g in ("client_credentials", "jwt_bearer", "token_exchange")
-            },
+            "token_grants": {g: self.token_grants[g] for g in ("client_credentials", "jwt_bearer", "token_exchange")},
             "token_failures": dict(self.token_failures),
             "tokens_issued": {k: self.tokens_issued[k] for k in ("workspace", "data_plane")},
             "metadata_reads": dict(self.metadata_reads),

@@ -98,8 +98,7 @@ class Invocations:
         if incarnation.spec.route_optimized:
             url = self._state.endpoint_url(incarnation)
             message = (
-                f"Endpoint '{name}' is route-optimized and can only be queried through its "
-                f"route-optimized URL: {url}"
+                f"Endpoint '{name}' is route-optimized and can only be queried through its route-optimized URL: {url}"
             )
             return self._count(name, databricks_error(400, "BAD_REQUEST", message))
         return await self._invoke(request, incarnation, self._check_plain)
@@ -182,8 +181,7 @@ class Invocations:
         headers = None if planned.retry_after is None else {"Retry-After": str(planned.retry_after)}
         message = {
             429: (
-                "Too many concurrent requests. "
-                "Consider increasing the provisioned concurrency of the served entity."
+                "Too many concurrent requests. Consider increasing the provisioned concurrency of the served entity."
             ),
             503: "The service is temporarily unavailable. Please try again later.",
         }.get(planned.status, "Injected failure.")
@@ -212,9 +210,7 @@ def _missing(name: str) -> web.Response:
 
 
 def _too_large() -> _Rejected:
-    return _reject(
-        413, "BAD_REQUEST", f"Request payload is larger than the limit of {MAX_BODY} bytes (16 MiB)."
-    )
+    return _reject(413, "BAD_REQUEST", f"Request payload is larger than the limit of {MAX_BODY} bytes (16 MiB).")
 
 
 async def _read_json(request: web.Request) -> object:

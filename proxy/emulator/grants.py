@@ -119,9 +119,7 @@ def _token_exchange(form: Mapping[str, str], ctx: GrantContext) -> Grant:
     return _grant("token_exchange", client_id, form, details)
 
 
-def _grant(
-    grant_type: GrantType, subject: str, form: Mapping[str, str], details: tuple[dict[str, Any], ...]
-) -> Grant:
+def _grant(grant_type: GrantType, subject: str, form: Mapping[str, str], details: tuple[dict[str, Any], ...]) -> Grant:
     kind: TokenKind = "data_plane" if details else "workspace"
     return Grant(grant_type, subject, kind, form.get("scope") or DEFAULT_SCOPE, details)
 
@@ -133,18 +131,14 @@ def _required(form: Mapping[str, str], key: str) -> str:
     return value
 
 
-def _optional_details(
-    form: Mapping[str, str], client_id: str, ctx: GrantContext
-) -> tuple[dict[str, Any], ...]:
+def _optional_details(form: Mapping[str, str], client_id: str, ctx: GrantContext) -> tuple[dict[str, Any], ...]:
     raw = form.get("authorization_details")
     if raw is None:
         return ()
     return authorize_details(parse_details(raw), client_id, ctx.registry)
 
 
-def authenticate_client(
-    form: Mapping[str, str], authorization: str | None, clients: Mapping[str, str]
-) -> str:
+def authenticate_client(form: Mapping[str, str], authorization: str | None, clients: Mapping[str, str]) -> str:
     """Rule 2: the authenticated client id, or 401 ``invalid_client``."""
     form_pair = (form["client_id"], form.get("client_secret", "")) if "client_id" in form else None
     basic = _basic_credentials(authorization)
@@ -181,9 +175,7 @@ def parse_details(raw: str) -> list[dict[str, Any]]:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
-        raise OAuthError(
-            400, "invalid_authorization_details", "authorization_details is not valid JSON"
-        ) from None
+        raise OAuthError(400, "invalid_authorization_details", "authorization_details is not valid JSON") from None
     if not isinstance(value, list) or not value or not all(isinstance(item, dict) for item in value):
         raise OAuthError(
             400,
@@ -193,18 +185,14 @@ def parse_details(raw: str) -> list[dict[str, Any]]:
     return value
 
 
-def authorize_details(
-    details: list[dict[str, Any]], client_id: str, registry: Registry
-) -> tuple[dict[str, Any], ...]:
+def authorize_details(details: list[dict[str, Any]], client_id: str, registry: Registry) -> tuple[dict[str, Any], ...]:
     """Rule 5, permission part: each entry names a current endpoint this client may query."""
     for item in details:
         if item.get("type") != "workspace_permission" or item.get("object_type") != "serving-endpoints":
             raise OAuthError(400, "invalid_authorization_details", "Unsupported authorization details type")
         actions = item.get("actions")
         if not isinstance(actions, list) or not actions or not all(a in ENDPOINT_ACTIONS for a in actions):
-            raise OAuthError(
-                400, "invalid_authorization_details", f"actions must be a subset of {ENDPOINT_ACTIONS}"
-            )
+            raise OAuthError(400, "invalid_authorization_details", f"actions must be a subset of {ENDPOINT_ACTIONS}")
         path = item.get("object_path")
         prefix = "/serving-endpoints/"
         endpoint_id = path[len(prefix) :] if isinstance(path, str) and path.startswith(prefix) else ""
@@ -239,10 +227,7 @@ def _mismatch(
     if issuer != policy.issuer:
         return f"Token issuer '{issuer}' does not match the federation policy issuer '{policy.issuer}'"
     if expected_audience not in audiences:
-        return (
-            f"Token audience {list(audiences)} does not match "
-            f"the federation policy audience '{expected_audience}'"
-        )
+        return f"Token audience {list(audiences)} does not match the federation policy audience '{expected_audience}'"
     if subject != policy.subject:
         return f"Token subject '{subject}' does not match the federation policy subject '{policy.subject}'"
     return None

@@ -32,9 +32,7 @@ from proxy.emulator.settings import EndpointKind
 
 INPUT_KEYS = ("dataframe_records", "dataframe_split", "inputs", "instances")
 _INPUT_KEYS_TEXT = "{" + ", ".join(f"'{k}'" for k in INPUT_KEYS) + "}"
-REQUIRED_INPUT_FORMAT = (
-    f"The input must be a JSON dictionary with exactly one of the input fields {_INPUT_KEYS_TEXT}"
-)
+REQUIRED_INPUT_FORMAT = f"The input must be a JSON dictionary with exactly one of the input fields {_INPUT_KEYS_TEXT}"
 
 
 class InvalidInput(ValueError):
@@ -62,9 +60,7 @@ def answer(kind: EndpointKind, body: object, *, model: str, created: int) -> Ans
         return _chat(mapping, model=model, created=created)
     key, value = _single_input(mapping)
     if kind == "feature":
-        return Answer(
-            {"outputs": [{**record, "score": numeric_sum(record)} for record in _records(key, value)]}
-        )
+        return Answer({"outputs": [{**record, "score": numeric_sum(record)} for record in _records(key, value)]})
     return Answer({"predictions": [numeric_sum(row) for row in _rows(key, value)]})
 
 
@@ -84,9 +80,7 @@ def numeric_sum(value: object) -> int | float:
 def _require_dict(body: object) -> Mapping[str, Any]:
     if isinstance(body, dict):
         return body
-    received = (
-        "Received a list" if isinstance(body, list) else f"Received unexpected input type '{type(body)}'"
-    )
+    received = "Received a list" if isinstance(body, list) else f"Received unexpected input type '{type(body)}'"
     raise InvalidInput(f"{REQUIRED_INPUT_FORMAT}. {received}.")
 
 
@@ -124,9 +118,7 @@ def _records(key: str, value: Any) -> list[dict[str, Any]]:
         if not isinstance(columns, list) or not all(isinstance(row, list) for row in rows):
             raise InvalidInput("Invalid input. 'dataframe_split' needs 'columns' and a 'data' list of rows.")
         return [dict(zip((str(c) for c in columns), row, strict=False)) for row in rows]
-    raise InvalidInput(
-        f"Invalid input. A feature spec takes 'dataframe_records' or 'dataframe_split', not '{key}'."
-    )
+    raise InvalidInput(f"Invalid input. A feature spec takes 'dataframe_records' or 'dataframe_split', not '{key}'.")
 
 
 def chat_reply(messages: list[Any]) -> str:
@@ -163,9 +155,7 @@ def _chat(body: Mapping[str, Any], *, model: str, created: int) -> Answer | Stre
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
-            ],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
             "usage": usage,
         }
     )

@@ -32,9 +32,7 @@ def databricks_error(
     return json_response({"error_code": error_code, "message": message}, status=status, headers=headers)
 
 
-def oauth_error(
-    status: int, error: str, description: str, *, headers: Mapping[str, str] | None = None
-) -> web.Response:
+def oauth_error(status: int, error: str, description: str, *, headers: Mapping[str, str] | None = None) -> web.Response:
     """The OAuth 2.0 error shape (RFC 6749 5.2), never cached."""
     merged = {"Cache-Control": "no-store", "Pragma": "no-cache", **(headers or {})}
     return json_response({"error": error, "error_description": description}, status=status, headers=merged)

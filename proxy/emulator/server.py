@@ -130,9 +130,7 @@ class Emulator:
             now_ms = int(time.time() * 1000)
             for spec in settings.endpoints:
                 sock = self._bind_data_port() if spec.route_optimized else None
-                self._state.registry.add(
-                    spec, port=None if sock is None else sock.getsockname()[1], now_ms=now_ms
-                )
+                self._state.registry.add(spec, port=None if sock is None else sock.getsockname()[1], now_ms=now_ms)
                 if sock is not None:
                     await self._serve(sock, "data_plane")
         except BaseException:
@@ -417,7 +415,5 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
         )
         return databricks_error(404, "ENDPOINT_NOT_FOUND", message)
     if exc.status == 405:
-        return databricks_error(
-            405, "BAD_REQUEST", f"Method {request.method} is not allowed for {request.path}"
-        )
+        return databricks_error(405, "BAD_REQUEST", f"Method {request.method} is not allowed for {request.path}")
     return databricks_error(exc.status, error_code_for(exc.status), exc.reason)

@@ -220,6 +220,4 @@ def _workload_claims(claims: dict[str, Any], now: float) -> WorkloadClaims | Tok
         return TokenRejection("subject_token expired")
     audience = claims.get("aud", [])
     audiences = (audience,) if isinstance(audience, str) else tuple(str(a) for a in audience or [])
-    return WorkloadClaims(
-        issuer=str(claims.get("iss", "")), subject=str(claims.get("sub", "")), audiences=audiences
-    )
+    return WorkloadClaims(issuer=str(claims.get("iss", "")), subject=str(claims.get("sub", "")), audiences=audiences)

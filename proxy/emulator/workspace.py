@@ -53,8 +53,7 @@ def _served_entity(incarnation: Incarnation, model: str, index: int) -> dict[str
     spec = incarnation.spec
     entity: dict[str, Any] = {
         "name": model,
-        "entity_name": f"main.emulated.{spec.name.replace('-', '_')}"
-        + ("_spec" if spec.kind == "feature" else ""),
+        "entity_name": f"main.emulated.{spec.name.replace('-', '_')}" + ("_spec" if spec.kind == "feature" else ""),
         "workload_size": "Small",
         "workload_type": "CPU",
         "scale_to_zero_enabled": False,
@@ -127,9 +126,7 @@ def endpoint_detail(state: EmulatorState, incarnation: Incarnation) -> dict[str,
         detail["data_plane_info"] = {
             "query_info": {
                 "endpoint_url": url,
-                "authorization_details": json.dumps(
-                    authorization_details(incarnation), separators=(",", ":")
-                ),
+                "authorization_details": json.dumps(authorization_details(incarnation), separators=(",", ":")),
             }
         }
     return detail
@@ -154,12 +151,8 @@ class WorkspaceApi:
         for header in ("X-Databricks-Workspace-Id", "X-Databricks-Org-Id"):
             value = request.headers.get(header)
             if value is not None and value != self._state.settings.workspace_id:
-                return databricks_error(
-                    403, "PERMISSION_DENIED", f"{header} {value} does not name this workspace"
-                )
-        claims = check_workspace(
-            request.headers.get("Authorization"), self._state.authority, now=self._state.clock()
-        )
+                return databricks_error(403, "PERMISSION_DENIED", f"{header} {value} does not name this workspace")
+        claims = check_workspace(request.headers.get("Authorization"), self._state.authority, now=self._state.clock())
         if isinstance(claims, Denial):
             return databricks_error(claims.status, claims.error_code, claims.message)
         return claims
@@ -172,9 +165,7 @@ class WorkspaceApi:
             return claims
         incarnation = self._state.registry.get(name)
         if incarnation is None:
-            return databricks_error(
-                404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint with name '{name}' does not exist."
-            )
+            return databricks_error(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint with name '{name}' does not exist.")
         return json_response(endpoint_detail(self._state, incarnation))
 
     async def list_endpoints(self, request: web.Request) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 
@@ -135,7 +136,7 @@ async def test_oversized_body_is_413_and_nothing_is_sent(
     emu: Emulator, sidecar: Sidecar, client: aiohttp.ClientSession
 ) -> None:
     before = invocations(emu, "fraud-ro")
-    payload = b"x" * (MAX_BODY_BYTES + 1)
+    payload = io.BytesIO(b"x" * (MAX_BODY_BYTES + 1))
     async with client.post(url(sidecar, "/serving-endpoints/fraud-ro/invocations"), data=payload) as resp:
         assert resp.status == 413
         assert (await resp.json())["error_code"] == "REQUEST_ENTITY_TOO_LARGE"
@@ -147,7 +148,9 @@ async def test_oversized_body_is_413_and_nothing_is_sent(
 async def test_non_json_body_passes_through_and_upstream_400_comes_back(
     sidecar: Sidecar, client: aiohttp.ClientSession
 ) -> None:
-    async with client.post(url(sidecar, "/serving-endpoints/fraud-ro/invocations"), data=b"{not json") as resp:
+    headers = {"Content-Type": "application/json"}
+    target = url(sidecar, "/serving-endpoints/fraud-ro/invocations")
+    async with client.post(target, data=b"{not json", headers=headers) as resp:
         assert resp.status == 400
         assert (await resp.json())["error_code"] == "BAD_REQUEST"
 

@@ -1,0 +1,44 @@
+"""Admission: bounds on requests in flight, in all and per endpoint. Beyond them a request is shed at
+once (503, gRPC RESOURCE_EXHAUSTED, with Retry-After) rather than queued, so memory stays bounded."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+
+from proxy.errors import Overloaded
+
+
+class Admission:
+    def __init__(self, *, max_total: int, max_per_endpoint: int) -> None:
+        self.max_total = max_total
+        self.max_per_endpoint = max_per_endpoint
+        self.total = 0
+        self._per_endpoint: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"Admission(total={self.total}/{self.max_total}, per_endpoint={dict(self._per_endpoint)})"
+
+    def check(self, endpoint: str) -> None:
+        """Raise Overloaded if a request for `endpoint` would not be admitted now."""
+        if self.total >= self.max_total:
+            raise Overloaded(f"{self.total} requests in flight: the sidecar's limit", retry_after=1)
+        if self._per_endpoint[endpoint] >= self.max_per_endpoint:
+            raise Overloaded(
+                f"{self._per_endpoint[endpoint]} requests in flight for endpoint '{endpoint}': its limit",
+                retry_after=1,
+            )
+
+    @contextlib.contextmanager
+    def slot(self, endpoint: str) -> Iterator[None]:
+        self.check(endpoint)
+        self.total += 1
+        self._per_endpoint[endpoint] += 1
+        try:
+            yield
+        finally:
+            self.total -= 1
+            self._per_endpoint[endpoint] -= 1
+            if not self._per_endpoint[endpoint]:
+                del self._per_endpoint[endpoint]
