@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -14,3 +15,9 @@ async def emulator() -> AsyncIterator[Emulator]:
     """A started HTTPS ``Emulator`` on ephemeral loopback ports with ``default_endpoints()``."""
     async with Emulator(EmulatorSettings()) as emu:
         yield emu
+
+
+@pytest.fixture
+def emulator_ca_file(emulator: Emulator, tmp_path: Path) -> Path:
+    """The running emulator's CA certificate written to a PEM file."""
+    return emulator.write_ca(tmp_path / "emulator-ca.pem")

@@ -17,14 +17,14 @@ from proxy.emulator import Emulator
 
 
 @pytest.fixture
-def sdk_env(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def sdk_env(emulator_ca_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Trust the emulator's CA through requests, and keep the user's Databricks config out."""
     for key in list(os.environ):
         if key.startswith(("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_")):
             monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "missing.cfg"))
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emulator.write_ca(tmp_path / "ca.pem")))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emulator_ca_file))
 
 
 def _client(emu: Emulator, secret: str | None = None) -> WorkspaceClient:
