@@ -30,9 +30,7 @@ DEFAULT_PLAIN_PORT = 8080
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", type=Path, help="YAML file: workspace_id, clients, endpoints, ttls, federation"
-    )
+    parser.add_argument("--config", type=Path, help="YAML file: workspace_id, clients, endpoints, ttls, federation")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument(
         "--control-port",

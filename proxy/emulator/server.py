@@ -149,11 +149,7 @@ class Emulator:
         for server in self._servers:
             server.close()
         transports = [
-            h.transport
-            for r in self._runners.values()
-            if r.server
-            for h in r.server.connections
-            if h.transport
+            h.transport for r in self._runners.values() if r.server for h in r.server.connections if h.transport
         ]
         for runner in self._runners.values():
             await runner.cleanup()

@@ -41,9 +41,7 @@ def test_https_emulator_prints_urls_serves_and_exits_zero_on_sigterm(tmp_path: P
     ca = tmp_path / "ca.pem"
     config = tmp_path / "emulator.yaml"
     config.write_text("endpoints:\n  - {name: demo, kind: custom}\n")
-    proc, info = _start(
-        "--control-port", "0", "--ca-out", str(ca), "--config", str(config), "--latency", "demo=0.01"
-    )
+    proc, info = _start("--control-port", "0", "--ca-out", str(ca), "--config", str(config), "--latency", "demo=0.01")
     try:
         assert info["workspace_url"].startswith("https://127.0.0.1:")
         assert info["ca_file"] == str(ca)

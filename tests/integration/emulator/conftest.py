@@ -67,7 +67,5 @@ async def invoke(
     client: aiohttp.ClientSession, url: str, token: str | None, body: object
 ) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
     headers = {} if token is None else bearer(token)
-    async with client.post(
-        url, data=json.dumps(body), headers={**headers, "Content-Type": "application/json"}
-    ) as r:
+    async with client.post(url, data=json.dumps(body), headers={**headers, "Content-Type": "application/json"}) as r:
         return r.status, await r.json(), r.headers

@@ -52,9 +52,7 @@ async def test_feature_spec_outputs(emulator: Emulator, client: aiohttp.ClientSe
         ]
     }
     split = {"dataframe_split": {"columns": ["user_id", "v"], "data": [[1, 2.5]]}}
-    assert (await invoke(client, url, token, split))[1] == {
-        "outputs": [{"user_id": 1, "v": 2.5, "score": 3.5}]
-    }
+    assert (await invoke(client, url, token, split))[1] == {"outputs": [{"user_id": 1, "v": 2.5, "score": 3.5}]}
 
 
 async def test_chat_completion(emulator: Emulator, client: aiohttp.ClientSession) -> None:
@@ -75,9 +73,7 @@ async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
             yield text[len("data: ") :]
 
 
-async def test_chat_streams_one_event_per_word_then_done(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_chat_streams_one_event_per_word_then_done(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     token = await data_plane_token(client, emulator, "chat-ro")
     body = {"messages": [{"role": "user", "content": "tell me more"}], "stream": True}
     events: list[str] = []
@@ -155,9 +151,7 @@ async def test_expiring_message_is_the_real_text(emulator: Emulator, client: aio
     }
 
 
-async def test_oversized_body_is_413_by_content_length(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_oversized_body_is_413_by_content_length(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     token = await data_plane_token(client, emulator, "fraud-ro")
     body = b'{"inputs": "' + b"x" * (16 * 1024 * 1024) + b'"}'
     headers = {**bearer(token), "Content-Type": "application/json"}
@@ -167,9 +161,7 @@ async def test_oversized_body_is_413_by_content_length(
         assert (await resp.json())["error_code"] == "BAD_REQUEST"
 
 
-async def test_oversized_chunked_body_is_413_while_reading(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_oversized_chunked_body_is_413_while_reading(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     token = await data_plane_token(client, emulator, "fraud-ro")
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -181,9 +173,7 @@ async def test_oversized_chunked_body_is_413_while_reading(
         assert resp.status == 413
 
 
-async def test_a_body_just_under_the_limit_is_accepted(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_a_body_just_under_the_limit_is_accepted(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     token = await data_plane_token(client, emulator, "fraud-ro")
     body = b'{"inputs": 7}' + b" " * (16 * 1024 * 1024 - 13)
     headers = {**bearer(token), "Content-Type": "application/json"}
@@ -259,9 +249,7 @@ async def test_paths_that_do_not_name_the_port_s_endpoint_are_404(
         assert resp.content_type == "application/json"
 
 
-async def test_plain_endpoint_answers_on_the_workspace_host(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_plain_endpoint_answers_on_the_workspace_host(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     url = emulator.endpoint_url("plain-model")
     assert url == emulator.workspace_url + "/serving-endpoints/plain-model/invocations"
     cp = await workspace_token(client, emulator)
@@ -285,9 +273,7 @@ async def test_plain_endpoint_answers_on_the_workspace_host(
             ]
         ),
     }
-    _, scoped = await post_token(
-        client, emulator, scoped_form, basic(emulator.client_id, emulator.client_secret)
-    )
+    _, scoped = await post_token(client, emulator, scoped_form, basic(emulator.client_id, emulator.client_secret))
     assert (await invoke(client, url, scoped["access_token"], {"inputs": [1]}))[0] == 200
 
 
@@ -299,9 +285,7 @@ async def test_route_optimized_endpoint_refuses_the_workspace_path(
     status, answer, _ = await invoke(client, url, cp, {"inputs": [1]})
     assert status == 400
     assert emulator.endpoint_url("fraud-ro") in answer["message"]
-    status, answer, _ = await invoke(
-        client, emulator.workspace_url + "/serving-endpoints/nope/invocations", cp, {}
-    )
+    status, answer, _ = await invoke(client, emulator.workspace_url + "/serving-endpoints/nope/invocations", cp, {})
     assert (status, answer["error_code"]) == (404, "RESOURCE_DOES_NOT_EXIST")
 
 

@@ -113,9 +113,7 @@ async def test_revoke_all_tokens(emulator: Emulator, client: aiohttp.ClientSessi
     assert status == 200
     code, answer, _ = await invoke(client, emulator.endpoint_url("fraud-ro"), dp, BODY)
     assert (code, answer["message"]) == (401, "Invalid access token. (token has been revoked)")
-    async with client.get(
-        emulator.workspace_url + "/api/2.0/serving-endpoints/fraud-ro", headers=bearer(cp)
-    ) as resp:
+    async with client.get(emulator.workspace_url + "/api/2.0/serving-endpoints/fraud-ro", headers=bearer(cp)) as resp:
         assert resp.status == 401
     fresh = await data_plane_token(client, emulator, "fraud-ro")
     assert (await invoke(client, emulator.endpoint_url("fraud-ro"), fresh, BODY))[0] == 200
@@ -124,9 +122,7 @@ async def test_revoke_all_tokens(emulator: Emulator, client: aiohttp.ClientSessi
 # --- planned failures ---------------------------------------------------------------------------
 
 
-async def test_fail_next_429_with_and_without_retry_after(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_fail_next_429_with_and_without_retry_after(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     token = await data_plane_token(client, emulator, "fraud-ro")
     url = emulator.endpoint_url("fraud-ro")
     emulator.fail_next(1, 429, retry_after=2)
@@ -143,27 +139,19 @@ async def test_fail_next_429_with_and_without_retry_after(
 async def test_fail_next_503_for_one_endpoint_through_the_admin_route(
     emulator: Emulator, client: aiohttp.ClientSession
 ) -> None:
-    status, faults = await _admin(
-        client, emulator, "fail-next", {"count": 2, "status": 503, "endpoint": "chat-ro"}
-    )
+    status, faults = await _admin(client, emulator, "fail-next", {"count": 2, "status": 503, "endpoint": "chat-ro"})
     assert status == 200
-    assert faults["planned_failures"] == [
-        {"remaining": 2, "status": 503, "retry_after": None, "endpoint": "chat-ro"}
-    ]
+    assert faults["planned_failures"] == [{"remaining": 2, "status": 503, "retry_after": None, "endpoint": "chat-ro"}]
     fraud = await data_plane_token(client, emulator, "fraud-ro")
     chat = await data_plane_token(client, emulator, "chat-ro")
     assert (await invoke(client, emulator.endpoint_url("fraud-ro"), fraud, BODY))[0] == 200
     chat_body = {"messages": [{"role": "user", "content": "x"}]}
-    statuses = [
-        (await invoke(client, emulator.endpoint_url("chat-ro"), chat, chat_body))[0] for _ in range(3)
-    ]
+    statuses = [(await invoke(client, emulator.endpoint_url("chat-ro"), chat, chat_body))[0] for _ in range(3)]
     assert statuses == [503, 503, 200]
     assert emulator.faults.planned_failures == []
 
 
-async def test_fail_next_applies_to_plain_endpoints(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_fail_next_applies_to_plain_endpoints(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     emulator.fail_next(1, 503, retry_after=1)
     cp = await workspace_token(client, emulator)
     status, body, headers = await invoke(client, emulator.endpoint_url("plain-model"), cp, BODY)
@@ -187,9 +175,7 @@ async def test_failures_do_not_skip_authentication(emulator: Emulator, client: a
         [1, 2],
     ],
 )
-async def test_bad_fail_next_requests(
-    emulator: Emulator, client: aiohttp.ClientSession, payload: object
-) -> None:
+async def test_bad_fail_next_requests(emulator: Emulator, client: aiohttp.ClientSession, payload: object) -> None:
     status, body = await _admin(client, emulator, "fail-next", payload)
     assert (status, body["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
 
@@ -199,9 +185,7 @@ async def test_bad_fail_next_requests(
 
 async def test_faults_patch_merges_and_validates(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     await _admin(client, emulator, "faults", {"latency": {"fraud-ro": 0.1, "chat-ro": 0.2}})
-    status, faults = await _admin(
-        client, emulator, "faults", {"latency": {"chat-ro": None}, "idle_close_after": 5}
-    )
+    status, faults = await _admin(client, emulator, "faults", {"latency": {"chat-ro": None}, "idle_close_after": 5})
     assert status == 200
     assert faults["latency"] == {"fraud-ro": 0.1}
     assert faults["idle_close_after"] == 5
@@ -231,9 +215,7 @@ async def test_recreate_endpoint(emulator: Emulator, client: aiohttp.ClientSessi
     status, answer, _ = await invoke(client, new_url, old_token, BODY)
     assert (status, answer["error_code"]) == (403, "PERMISSION_DENIED")
     cp = await workspace_token(client, emulator)
-    async with client.get(
-        emulator.workspace_url + "/api/2.0/serving-endpoints/fraud-ro", headers=bearer(cp)
-    ) as resp:
+    async with client.get(emulator.workspace_url + "/api/2.0/serving-endpoints/fraud-ro", headers=bearer(cp)) as resp:
         meta = await resp.json()
     assert (meta["id"], meta["endpoint_url"]) == (new_id, new_url)
     new_token = await data_plane_token(client, emulator, "fraud-ro")

@@ -21,9 +21,7 @@ def claims(token: str) -> dict[str, object]:
     return dict(jwt.decode(token, options={"verify_signature": False}))
 
 
-async def test_discovery_documents_name_the_token_endpoint(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_discovery_documents_name_the_token_endpoint(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     for path in ("/oidc/.well-known/oauth-authorization-server", "/oidc/.well-known/openid-configuration"):
         async with client.get(emulator.workspace_url + path) as resp:
             body = await resp.json()
@@ -101,9 +99,7 @@ async def test_basic_auth_values_may_be_form_urlencoded(client: aiohttp.ClientSe
         connector = aiohttp.TCPConnector(ssl=emu.client_ssl_context())
         async with aiohttp.ClientSession(connector=connector) as session:
             status, _ = await post_token(session, emu, {"grant_type": "client_credentials"}, encoded)
-            raw_status, _ = await post_token(
-                session, emu, {"grant_type": "client_credentials"}, basic("sp", "x")
-            )
+            raw_status, _ = await post_token(session, emu, {"grant_type": "client_credentials"}, basic("sp", "x"))
     assert status == 200
     assert raw_status == 401
 
@@ -153,9 +149,7 @@ async def test_malformed_requests_are_invalid_request(
         assert (await resp.json())["error"] == "invalid_request"
 
 
-async def test_get_on_the_token_endpoint_is_an_oauth_error(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_get_on_the_token_endpoint_is_an_oauth_error(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     async with client.get(emulator.token_endpoint) as resp:
         assert resp.status == 405
         assert (await resp.json())["error"] == "invalid_request"
@@ -183,9 +177,7 @@ async def test_client_credentials_with_authorization_details_gives_a_data_plane_
     decoded = claims(body["access_token"])
     assert decoded["kind"] == "data_plane"
     assert decoded["authorization_details"] == json.loads(details)
-    code, answer, _ = await invoke(
-        client, emulator.endpoint_url("fraud-ro"), body["access_token"], {"inputs": [1, 2]}
-    )
+    code, answer, _ = await invoke(client, emulator.endpoint_url("fraud-ro"), body["access_token"], {"inputs": [1, 2]})
     assert (code, answer) == (200, {"predictions": [1, 2]})
     assert emulator.counters.snapshot()["tokens_issued"] == {"workspace": 0, "data_plane": 1}
 
@@ -340,9 +332,7 @@ async def test_token_exchange_can_mint_a_data_plane_token_directly(
     emulator: Emulator, client: aiohttp.ClientSession
 ) -> None:
     details = emulator.authorization_details("fraud-ro")
-    status, body = await _exchange(
-        client, emulator, emulator.issue_workload_token(), authorization_details=details
-    )
+    status, body = await _exchange(client, emulator, emulator.issue_workload_token(), authorization_details=details)
     assert status == 200
     assert claims(str(body["access_token"]))["kind"] == "data_plane"
 
@@ -370,9 +360,7 @@ async def test_token_exchange_names_the_mismatch(emulator: Emulator, client: aio
         status, body = await _exchange(client, emulator, token)
         assert (status, body["error"]) == (400, "invalid_grant")
         assert f"does not match the federation policy {what}" in str(body["error_description"])
-    status, body = await _exchange(
-        client, emulator, emulator.issue_workload_token(audience="https://elsewhere")
-    )
+    status, body = await _exchange(client, emulator, emulator.issue_workload_token(audience="https://elsewhere"))
     assert "https://elsewhere" in str(body["error_description"])
     assert emulator.token_endpoint in str(body["error_description"])
 
@@ -402,9 +390,7 @@ async def test_token_exchange_refuses_foreign_expired_and_unknown_client_tokens(
     assert "stranger" in str(body["error_description"])
 
 
-async def test_workload_token_and_jwks_from_the_admin_routes(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_workload_token_and_jwks_from_the_admin_routes(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     async with client.post(emulator.workspace_url + "/_emulator/workload-token", json={"ttl": 60}) as resp:
         token = (await resp.json())["token"]
     async with client.get(emulator.workspace_url + "/_emulator/k8s/jwks") as resp:

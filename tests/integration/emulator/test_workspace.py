@@ -21,9 +21,7 @@ async def test_host_metadata_needs_no_token(emulator: Emulator, client: aiohttp.
     assert body["token_federation_default_oidc_audiences"] == [emulator.token_endpoint]
 
 
-async def _get(
-    client: aiohttp.ClientSession, url: str, headers: dict[str, str]
-) -> tuple[int, dict[str, object]]:
+async def _get(client: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[int, dict[str, object]]:
     async with client.get(url, headers=headers) as resp:
         assert resp.content_type == "application/json"
         return resp.status, await resp.json()
@@ -31,9 +29,7 @@ async def _get(
 
 async def test_route_optimized_endpoint_metadata(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     token = await workspace_token(client, emulator)
-    status, body = await _get(
-        client, emulator.workspace_url + "/api/2.0/serving-endpoints/fraud-ro", bearer(token)
-    )
+    status, body = await _get(client, emulator.workspace_url + "/api/2.0/serving-endpoints/fraud-ro", bearer(token))
     assert status == 200
     endpoint_id = emulator.endpoint_id("fraud-ro")
     assert body["id"] == endpoint_id
@@ -60,9 +56,7 @@ async def test_plain_endpoint_metadata_has_no_data_plane_info(
     emulator: Emulator, client: aiohttp.ClientSession
 ) -> None:
     token = await workspace_token(client, emulator)
-    status, body = await _get(
-        client, emulator.workspace_url + "/api/2.0/serving-endpoints/plain-model", bearer(token)
-    )
+    status, body = await _get(client, emulator.workspace_url + "/api/2.0/serving-endpoints/plain-model", bearer(token))
     assert status == 200
     assert body["route_optimized"] is False
     assert "endpoint_url" not in body
@@ -71,9 +65,7 @@ async def test_plain_endpoint_metadata_has_no_data_plane_info(
 
 async def test_feature_spec_entity_has_no_version(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     token = await workspace_token(client, emulator)
-    _, body = await _get(
-        client, emulator.workspace_url + "/api/2.0/serving-endpoints/features-ro", bearer(token)
-    )
+    _, body = await _get(client, emulator.workspace_url + "/api/2.0/serving-endpoints/features-ro", bearer(token))
     entity = body["config"]["served_entities"][0]  # type: ignore[index]
     assert "entity_version" not in entity
     assert entity["entity_name"].endswith("_spec")
@@ -105,20 +97,14 @@ async def test_a_routing_header_for_another_workspace_is_refused(
     assert (status, body["error_code"]) == (403, "PERMISSION_DENIED")
 
 
-async def test_unknown_endpoint_is_resource_does_not_exist(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_unknown_endpoint_is_resource_does_not_exist(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     token = await workspace_token(client, emulator)
-    status, body = await _get(
-        client, emulator.workspace_url + "/api/2.0/serving-endpoints/nope", bearer(token)
-    )
+    status, body = await _get(client, emulator.workspace_url + "/api/2.0/serving-endpoints/nope", bearer(token))
     assert status == 404
     assert body["error_code"] == "RESOURCE_DOES_NOT_EXIST"
 
 
-async def test_metadata_needs_a_live_workspace_token(
-    emulator: Emulator, client: aiohttp.ClientSession
-) -> None:
+async def test_metadata_needs_a_live_workspace_token(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     url = emulator.workspace_url + "/api/2.0/serving-endpoints/fraud-ro"
     dp = await data_plane_token(client, emulator, "fraud-ro")
     for headers in ({}, bearer("garbage"), bearer(dp), {"Authorization": "Basic eDp5"}):
@@ -141,9 +127,7 @@ async def test_list_endpoints(emulator: Emulator, client: aiohttp.ClientSession)
 
 async def test_scim_me_reports_the_workspace_id(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     token = await workspace_token(client, emulator)
-    async with client.get(
-        emulator.workspace_url + "/api/2.0/preview/scim/v2/Me", headers=bearer(token)
-    ) as resp:
+    async with client.get(emulator.workspace_url + "/api/2.0/preview/scim/v2/Me", headers=bearer(token)) as resp:
         assert resp.headers["X-Databricks-Org-Id"] == emulator.settings.workspace_id
         assert (await resp.json())["userName"] == emulator.client_id
 
@@ -169,9 +153,7 @@ async def test_plain_http_mode() -> None:
         async with aiohttp.ClientSession() as session:
             token = await workspace_token(session, emu)
             dp = await data_plane_token(session, emu, "fraud-ro")
-            async with session.post(
-                emu.endpoint_url("fraud-ro"), json={"inputs": 5}, headers=bearer(dp)
-            ) as resp:
+            async with session.post(emu.endpoint_url("fraud-ro"), json={"inputs": 5}, headers=bearer(dp)) as resp:
                 assert await resp.json() == {"predictions": [5]}
     assert token
 

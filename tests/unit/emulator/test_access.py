@@ -19,9 +19,7 @@ from proxy.emulator.tokens import TokenAuthority, TokenClaims
 def _setup() -> tuple[TokenAuthority, Registry]:
     registry = Registry("1")
     registry.add(EndpointSpec("a", "custom"), port=1, now_ms=0)
-    registry.add(
-        EndpointSpec("b", "custom", route_optimized=False, allowed_clients=("x",)), port=None, now_ms=0
-    )
+    registry.add(EndpointSpec("b", "custom", route_optimized=False, allowed_clients=("x",)), port=None, now_ms=0)
     return TokenAuthority("iss"), registry
 
 
@@ -46,13 +44,9 @@ def test_data_plane_rules() -> None:
     a = registry.get("a")
     b = registry.get("b")
     assert a is not None and b is not None
-    workspace = (
-        "Bearer " + authority.issue(subject="sp", kind="workspace", scope="s", ttl=600, now=0).access_token
-    )
+    workspace = "Bearer " + authority.issue(subject="sp", kind="workspace", scope="s", ttl=600, now=0).access_token
     assert isinstance(check_data_plane(_dp(authority, a.endpoint_id), a, authority, now=0), TokenClaims)
-    assert check_data_plane(workspace, a, authority, now=0) == Denial(
-        401, "UNAUTHENTICATED", MISSING_DETAILS_MESSAGE
-    )
+    assert check_data_plane(workspace, a, authority, now=0) == Denial(401, "UNAUTHENTICATED", MISSING_DETAILS_MESSAGE)
     assert check_data_plane(_dp(authority, a.endpoint_id, ttl=30), a, authority, now=0) == Denial(
         401, "UNAUTHENTICATED", EXPIRING_MESSAGE
     )

@@ -98,9 +98,7 @@ def _context_with(ctx: GrantContext, *, now: float) -> GrantContext:
 
 def test_token_exchange_matches_policies(workload: WorkloadIssuer) -> None:
     ctx = _context(workload)
-    token = workload.issue(
-        subject="system:serviceaccount:ns:sa", audience="https://ws/oidc/v1/token", ttl=60, now=0
-    )
+    token = workload.issue(subject="system:serviceaccount:ns:sa", audience="https://ws/oidc/v1/token", ttl=60, now=0)
     form = {
         "grant_type": TOKEN_EXCHANGE,
         "subject_token": token,

@@ -33,9 +33,7 @@ def test_custom_input_errors(body: object) -> None:
 
 
 def test_exactly_one_key_message_is_mlflow_s() -> None:
-    with pytest.raises(
-        InvalidInput, match="The input must be a JSON dictionary with exactly one of the input fields"
-    ):
+    with pytest.raises(InvalidInput, match="The input must be a JSON dictionary with exactly one of the input fields"):
         answer("custom", {"params": {}}, model="m", created=0)
 
 

@@ -34,9 +34,7 @@ def test_workload_tokens() -> None:
     issuer = WorkloadIssuer("https://k8s")
     assert "lazy" in repr(issuer)
     token = issuer.issue(subject="system:serviceaccount:ns:sa", audience="aud", ttl=60, now=100)
-    assert issuer.verify(token, now=120) == WorkloadClaims(
-        "https://k8s", "system:serviceaccount:ns:sa", ("aud",)
-    )
+    assert issuer.verify(token, now=120) == WorkloadClaims("https://k8s", "system:serviceaccount:ns:sa", ("aud",))
     assert issuer.verify(token, now=160) == TokenRejection("subject_token expired")
     assert isinstance(WorkloadIssuer("https://k8s").verify(token, now=120), TokenRejection)
     assert issuer.jwks()["keys"][0]["kty"] == "RSA"
