@@ -5,7 +5,8 @@ Rules:
    through the same `Forwarder`. Bodies are bytes and are not parsed; only an error answer's JSON is read,
    for its `message` and `error_code`.
 2. A call that fails ends with the gRPC code mapped from its HTTP status (`errors.grpc_code_for_status`),
-   whether the upstream answered that status or the sidecar raised a `SidecarError` with it. The status
+   whether the upstream answered that status or the sidecar raised a `SidecarError` with it (which may
+   name its own code: shedding is a 503 but RESOURCE_EXHAUSTED, as `Overloaded.grpc_code` says). The status
    message is the Databricks `message`; trailing metadata carries `error-code` (the Databricks
    `error_code`), `http-status`, `retry-after` (when given) and `x-request-id` (when known).
 3. The call's deadline bounds the whole upstream exchange, reading the answer included. A cancelled call
@@ -18,9 +19,10 @@ Rules:
 6. Streams relay the data of each server-sent event as one InvokeEvent as soon as it is complete; the
    `[DONE]` terminator is not relayed (the end of the stream says it). An answer that is not an event
    stream is relayed as one event.
-7. Health follows the sidecar's readiness (polled every READINESS_POLL seconds) for the service "" and
-   for ServingProxy: NOT_SERVING until ready, SERVING while ready, NOT_SERVING for good once stop begins.
-8. Only this module imports grpc; grpc's own failures (a port that cannot be bound) become OSError here.
+7. Health (`downstream.health`) follows the sidecar's readiness, polled every READINESS_POLL seconds, for
+   "" and ServingProxy: NOT_SERVING until ready, SERVING while ready, NOT_SERVING for good once draining
+   or stopping begins. Reflection lists ServingProxy, Health and itself.
+8. Only the gRPC modules import grpc; grpc's own failures (a port that cannot be bound) become OSError here.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from proxy import routing
 from proxy._proto.servingsidecar.v1 import serving_proxy_pb2 as pb
 from proxy._proto.servingsidecar.v1 import serving_proxy_pb2_grpc as pb_grpc
 from proxy.config import MAX_BODY_BYTES, Address
+from proxy.downstream.health import SERVICE_NAME as HEALTH_SERVICE_NAME
+from proxy.downstream.health import HealthService
 from proxy.downstream.sse import SseSplitter
 from proxy.errors import InvalidRequest, ResponseTooLarge, SidecarError, grpc_code_for_status
 from proxy.forwarding import Forwarder, Invocation
@@ -77,10 +80,11 @@ class Failure:
     message: str
     error_code: str | None = None
     retry_after: str | None = None
+    grpc_code: str | None = None  # a StatusCode name that overrides the status's mapping
 
     @property
     def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode[grpc_code_for_status(self.status)]
+        return grpc.StatusCode[self.grpc_code or grpc_code_for_status(self.status)]
 
     def trailing_metadata(self, request_id: str | None) -> tuple[tuple[str, str], ...]:
         pairs = [
@@ -100,7 +104,7 @@ class _Failed(Exception):
 
 def failure_from_error(error: SidecarError) -> Failure:
     retry_after = None if error.retry_after is None else str(error.retry_after)
-    return Failure(error.status, error.message, error.error_code, retry_after)
+    return Failure(error.status, error.message, error.error_code, retry_after, error.grpc_code)
 
 
 def failure_from_reply(status: int, body: bytes, *, retry_after: str | None = None) -> Failure:
@@ -286,61 +290,56 @@ def _request_id(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
 
 
 class GrpcFront:
-    """The gRPC listener: ServingProxy, health checking and reflection on one grpc.aio server."""
+    """The gRPC listener: ServingProxy, health checking and reflection on one grpc.aio server.
+
+    Fits the sidecar's listener shape: `port` once started, `stop(grace)`, and a synchronous
+    `begin_draining()` for the moment draining starts.
+    """
 
     def __init__(self, forwarder: Forwarder, metrics: Metrics, label_for: LabelFor, ready: Ready) -> None:
         self.service = ServingProxyService(forwarder, metrics, label_for)
+        self.health = HealthService([SERVICE_NAME])  # NOT_SERVING until the first readiness check (rule 7)
         self._ready = ready
         self._server: Any = None
-        self._health: Any = None
         self._follower: asyncio.Task[None] | None = None
-        self._serving: bool | None = None
         self.port = 0
 
     def __repr__(self) -> str:
-        state = "stopped" if self._server is None else f"port={self.port}, serving={self._serving}"
-        return f"GrpcFront({state})"
+        state = "stopped" if self._server is None else f"port={self.port}"
+        return f"GrpcFront({state}, {self.health!r})"
 
     async def start(self, address: Address) -> int:
         """Bind `address` (port 0: any free port), start serving; return the bound port."""
         server = grpc.aio.server(options=SERVER_OPTIONS)
         pb_grpc.add_ServingProxyServicer_to_server(self.service, server)
-        self._health = health.aio.HealthServicer()
-        await self._publish(serving=False)  # before the first call can arrive (rule 7)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        self.health.add_to(server)
+        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
         self.port = _bind(server, address)
         await server.start()
         self._server = server
         self._follower = asyncio.get_running_loop().create_task(self._follow_readiness())
         return self.port
 
+    def begin_draining(self) -> None:
+        """NOT_SERVING for good, at once; calls keep being served until `stop`."""
+        self.health.shut_down()
+
     async def stop(self, grace: float = STOP_GRACE) -> None:
-        """NOT_SERVING at once, refuse new calls, give in-flight calls `grace` seconds, then cancel them."""
+        """NOT_SERVING, refuse new calls, give calls in flight `grace` seconds, then cancel them."""
+        self.begin_draining()
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
-        if self._health is not None:
-            await self._health.enter_graceful_shutdown()
-            self._serving = False
         if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+            server, self._server = self._server, None
+            await server.stop(grace)
 
     async def _follow_readiness(self) -> None:
         while True:
-            await self._publish(serving=self._ready())
+            self.health.set(self._ready())
             await asyncio.sleep(READINESS_POLL)
-
-    async def _publish(self, *, serving: bool) -> None:
-        if serving == self._serving:
-            return
-        self._serving = serving
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, status)
 
 
 def _bind(server: Any, address: Address) -> int:

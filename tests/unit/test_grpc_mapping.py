@@ -17,7 +17,7 @@ from proxy.downstream.grpc import (
     invocation_for,
     passed_metadata,
 )
-from proxy.errors import BodyTooLarge, EndpointNotFound, InvalidRequest, NoCredential, UpstreamTimeout
+from proxy.errors import BodyTooLarge, EndpointNotFound, InvalidRequest, NoCredential, Overloaded, UpstreamTimeout
 
 # The issue's table, verbatim.
 ISSUE_TABLE = {
@@ -82,6 +82,7 @@ def test_long_text_errors_are_cut() -> None:
         (BodyTooLarge("big"), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (UpstreamTimeout("slow"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (NoCredential("no token", retry_after=2), grpc.StatusCode.UNAVAILABLE),
+        (Overloaded("too many in flight", retry_after=1), grpc.StatusCode.RESOURCE_EXHAUSTED),
     ],
 )
 def test_sidecar_errors_map_the_same_way(error: InvalidRequest, code: grpc.StatusCode) -> None:
