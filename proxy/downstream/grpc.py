@@ -196,7 +196,7 @@ async def event_data(reply: Reply) -> AsyncIterator[bytes]:
 
 def _too_large(what: str, size: int) -> str:
     return (
-        f"the endpoint's {what} is over {size} bytes; gRPC messages are limited to {MAX_BODY_BYTES} bytes "
+        f"the endpoint's {what} reached {size} bytes; a gRPC message carries at most {MAX_BODY_BYTES} bytes "
         "of JSON (use the HTTP front for larger answers)"
     )
 
