@@ -112,10 +112,7 @@ class ConnectionTracker:
                 state.connected = True
                 if is_idle_expired(state, self._faults, now):
                     # What aiohttp's own keep-alive timer does to an idle connection.
-                    transport = handler.transport
                     handler.force_close()
-                    if transport is not None:
-                        transport.abort()
                     del self._states[handler]
                     closed += 1
             elif state.connected or now - state.opened_at > HANDSHAKE_GRACE:
