@@ -165,7 +165,7 @@ async def test_deadline_bounds_the_upstream_request_and_cancels_it(emu: Emulator
         started = time.perf_counter()
         error = await failed(stub.Invoke(pb.InvokeRequest(endpoint="fraud-ro", json_body=BODY), timeout=1))
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.perf_counter() - started < 2.5
+        assert time.perf_counter() - started < 4  # not the 5 s the model takes
         # the emulator sees the request go away, well before its 5 s answer
         await eventually(lambda: emu.counters.snapshot()["invocations_cancelled"] == 1, seconds=2)
         assert emu.counters.snapshot()["invocations_in_flight"] == 0
