@@ -222,6 +222,7 @@ class ServingProxyService:
         self._forwarder = forwarder
         self._metrics = metrics
         self._label_for = label_for
+        metrics.in_flight.labels(front=FRONT)  # exported as 0 from the start, not from the first call
 
     def __repr__(self) -> str:
         return f"ServingProxyService({self._forwarder!r})"
