@@ -33,6 +33,7 @@ from proxy.credentials.sources import (
     watch_file,
     workload_identity_fetch,
 )
+from proxy.downstream.grpc import GrpcFront
 from proxy.downstream.http import HttpFront
 from proxy.endpoints import Resolver, metadata_fetcher
 from proxy.errors import SidecarError
@@ -121,8 +122,10 @@ class Sidecar:
             on_exchange=self.metrics.observe_exchange,
         )
         self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label, access_log=settings.access_log)
+        self.grpc_front = GrpcFront(self.forwarder, self.metrics, self.endpoint_label, lambda: self.health().ready)
         self._listeners: dict[str, Listener] = {}
-        self.on_drain: list[Callable[[], None]] = []  # run once, synchronously, when draining starts
+        # run once, synchronously, when draining starts: gRPC health turns NOT_SERVING at the same moment
+        self.on_drain: list[Callable[[], None]] = [self.grpc_front.begin_draining]
         self._started = False
         self._was_ready = False
         self._draining = False
@@ -161,13 +164,16 @@ class Sidecar:
         )
 
     def port(self, name: str) -> int:
-        """The bound port of listener `name` ("http", "admin", ...): useful with port 0."""
+        """The bound port of listener `name` ("http", "grpc", "admin"): useful with port 0."""
         return self._listeners[name].port
 
     async def start(self) -> None:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
         await self._listen(ADMIN, build_admin_app(self.health, self.metrics), self.settings.admin_listen)
         await self._listen("http", self.http_front.app(), self.settings.http_listen)
+        port = await self.grpc_front.start(self.settings.grpc_listen)
+        self._listeners["grpc"] = self.grpc_front
+        log.info("grpc listener on %s:%s", self.settings.grpc_listen.host, port)
         self.credentials.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._warm_configured()))

@@ -211,6 +211,7 @@ def _demo_banner(settings: config.Settings, workspace_url: str, names: list[str]
             f"endpoints: {', '.join(names)}; metrics at http://{settings.admin_listen}/metrics",
             "try:",
             *(f"  {curl} {base}/serving-endpoints/{name}/invocations -d '{body}'" for name, body in examples),
+            f"gRPC: servingsidecar.v1.ServingProxy on {settings.grpc_listen} (reflection on; README section gRPC)",
             "press Ctrl-C to stop",
         ]
     )
