@@ -1,7 +1,12 @@
 """Admin listener: /healthz (alive), /startupz (started), /readyz (ready to serve), /metrics.
 
 Kubernetes: startupProbe -> /startupz, livenessProbe -> /healthz, readinessProbe -> /readyz.
-Readiness does not depend on model health: only on a working credential, listeners up, not draining.
+- /healthz answers 200 while the event loop runs: liveness must not restart the sidecar for a token
+  outage or a model outage, which a restart cannot fix.
+- /startupz answers 200 once the sidecar has been ready (listeners up, a workspace token in hand) and
+  stays 200 afterwards, so a Kubernetes native sidecar holds the app container back until it can serve.
+- /readyz does not depend on model health: only on a working credential, listeners up, not draining.
+  It turns 503 as soon as a drain starts.
 """
 
 from __future__ import annotations

@@ -1,11 +1,22 @@
-"""Composition root: builds every part from Settings and owns start / ready / stop."""
+"""Composition root: builds every part from Settings and owns start / ready / drain / stop.
+
+Drain (SIGTERM/SIGINT), in order:
+1. `drain()` marks the sidecar draining: /readyz answers 503 at once and every `on_drain` hook runs
+   (where a front with its own health reporting, like gRPC's, can switch to NOT_SERVING at once).
+2. For `drain_delay` seconds new requests are still accepted, so load balancers notice first.
+3. The front listeners stop accepting; keep-alive connections close after their current request, and
+   requests in flight (streams included) get `drain_timeout` seconds to finish, then are cancelled.
+4. The admin listener closes last (probes and scrapes work until then), then tokens and pools.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -22,6 +33,7 @@ from proxy.credentials.sources import (
     watch_file,
     workload_identity_fetch,
 )
+from proxy.downstream.grpc import GrpcFront
 from proxy.downstream.http import HttpFront
 from proxy.endpoints import Resolver, metadata_fetcher
 from proxy.errors import SidecarError
@@ -33,11 +45,38 @@ from proxy.upstream import Timeouts, Upstream, build_ssl_context
 log = logging.getLogger("serving_sidecar")
 
 
+ADMIN = "admin"
+ADMIN_GRACE = 1.0  # seconds for a probe or scrape in progress when the admin listener closes
+
+
+class Listener(Protocol):
+    """A bound listener the sidecar can drain. The gRPC front plugs in with the same two members."""
+
+    @property
+    def port(self) -> int: ...
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting at once; give work in flight up to `grace` seconds, then cancel it."""
+
+
 @dataclass
-class _Listener:
+class _AiohttpListener:
     runner: web.AppRunner
     address: Address
     port: int = 0
+    stopped: bool = field(default=False, repr=False)
+
+    async def stop(self, grace: float) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        for site in list(self.runner.sites):
+            await site.stop()  # no new connections
+        server = self.runner.server
+        if server is not None:
+            server.pre_shutdown()  # keep-alive connections close once their current request is answered
+            await server.shutdown(grace)  # handlers still running after `grace` are cancelled
+        await self.runner.cleanup()
 
 
 class Sidecar:
@@ -53,7 +92,9 @@ class Sidecar:
                 stream_idle=settings.stream_idle_timeout,
                 idle_connection=settings.idle_connection_timeout,
             ),
+            on_connect=self.metrics.observe_connect,
         )
+        self.metrics.watch_pools(self.upstream.stats)
         self.oauth = OAuthClient(
             self.upstream.fetch,
             token_url=settings.token_url,
@@ -78,10 +119,15 @@ class Sidecar:
                 idempotent=frozenset(settings.idempotent_endpoints),
             ),
             on_retry=lambda endpoint, reason: self.metrics.observe_retry(self.endpoint_label(endpoint), reason),
+            on_exchange=self.metrics.observe_exchange,
         )
-        self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label)
-        self._listeners: dict[str, _Listener] = {}
+        self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label, access_log=settings.access_log)
+        self.grpc_front = GrpcFront(self.forwarder, self.metrics, self.endpoint_label, lambda: self.health().ready)
+        self._listeners: dict[str, Listener] = {}
+        # run once, synchronously, when draining starts: gRPC health turns NOT_SERVING at the same moment
+        self.on_drain: list[Callable[[], None]] = [self.grpc_front.begin_draining]
         self._started = False
+        self._was_ready = False
         self._draining = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -100,24 +146,34 @@ class Sidecar:
         return UNRESOLVED
 
     def health(self) -> Health:
+        """Liveness, startup (ready at least once since start) and readiness, computed now."""
         workspace = self.credentials.workspace
         error = workspace.last_error
+        listening = bool(self._listeners) and not self._draining
+        credential_ok = workspace.is_usable()
+        # Startup is latched: once ready, a later token outage makes the sidecar unready, never "not started".
+        if not self._was_ready and self._started and listening and credential_ok:
+            self._was_ready = True
+            log.info("ready: listeners up and a workspace token in hand")
         return Health(
-            started=self._started,
-            listening=bool(self._listeners) and not self._draining,
-            credential_ok=workspace.is_usable(),
+            started=self._was_ready,
+            listening=listening,
+            credential_ok=credential_ok,
             draining=self._draining,
             credential_error=None if error is None else f"{error.error}: {error.description}".rstrip(": "),
         )
 
     def port(self, name: str) -> int:
-        """The bound port of listener `name` ("http", "admin", ...): useful with port 0."""
+        """The bound port of listener `name` ("http", "grpc", "admin"): useful with port 0."""
         return self._listeners[name].port
 
     async def start(self) -> None:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
-        await self._listen("admin", build_admin_app(self.health, self.metrics), self.settings.admin_listen)
+        await self._listen(ADMIN, build_admin_app(self.health, self.metrics), self.settings.admin_listen)
         await self._listen("http", self.http_front.app(), self.settings.http_listen)
+        port = await self.grpc_front.start(self.settings.grpc_listen)
+        self._listeners["grpc"] = self.grpc_front
+        log.info("grpc listener on %s:%s", self.settings.grpc_listen.host, port)
         self.credentials.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._warm_configured()))
@@ -135,7 +191,7 @@ class Sidecar:
         site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
         await site.start()
         port = int(runner.addresses[0][1]) if runner.addresses else address.port
-        self._listeners[name] = _Listener(runner, address, port)
+        self._listeners[name] = _AiohttpListener(runner, address, port)
         log.info("%s listener on %s:%s", name, address.host, port)
 
     async def _warm_configured(self) -> None:
@@ -153,15 +209,42 @@ class Sidecar:
             await asyncio.sleep(0.05)
         return self.health().ready
 
-    async def stop(self) -> None:
+    def begin_draining(self) -> None:
+        """Readiness 503 from now on; runs the `on_drain` hooks once."""
+        if self._draining:
+            return
         self._draining = True
+        self.metrics.ready.set(0)
+        for hook in self.on_drain:
+            try:
+                hook()
+            except Exception:
+                log.exception("a drain hook failed")
+
+    async def drain(self) -> None:
+        """The graceful stop (SIGTERM): see the module docstring. Takes at most drain_delay + drain_timeout (+1 s)."""
+        delay, timeout = self.settings.drain_delay, self.settings.drain_timeout
+        self.begin_draining()
+        log.info("draining: readiness is now 503; new requests are accepted for %.1f s more", delay)
+        await asyncio.sleep(delay)
+        log.info("draining: closing listeners; requests in flight get up to %.1f s to finish", timeout)
+        await self.stop(grace=timeout)
+        log.info("stopped")
+
+    async def stop(self, *, grace: float | None = None) -> None:
+        """Close everything: front listeners first (in flight get `grace`, default drain_timeout), admin last."""
+        self.begin_draining()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        for listener in reversed(list(self._listeners.values())):
-            await listener.runner.cleanup()
+        grace = self.settings.drain_timeout if grace is None else grace
+        fronts = [listener for name, listener in self._listeners.items() if name != ADMIN]
+        await asyncio.gather(*(listener.stop(grace) for listener in fronts))
+        admin = self._listeners.get(ADMIN)
+        if admin is not None:
+            await admin.stop(ADMIN_GRACE)
         self._listeners.clear()
         await self.credentials.close()
         await self.upstream.close()

@@ -1,13 +1,16 @@
 """Command line: argv -> Settings, and the subcommands run | check | demo | emulator, with exit codes.
 
-Exit codes: 0 success, 1 a check failed (check), 2 bad configuration or usage.
+Exit codes: 0 success (including a graceful drain after SIGTERM/SIGINT), 1 a check failed (check),
+2 bad configuration or usage, 128 + signal number when a second signal cut the drain short.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -16,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proxy import __version__, config
+from proxy import __version__, config, logs
 from proxy.app import Sidecar
 from proxy.emulator import cli as emulator_cli
 from proxy.errors import ConfigError, SidecarError
@@ -66,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "emulator":
         return emulator_cli.run(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     try:
         if args.command == "demo":
             return asyncio.run(_demo(args))
@@ -74,22 +77,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"serving-sidecar: configuration error: {error}", file=sys.stderr)
         return 2
+    logs.configure(fmt=settings.log_format, level=settings.log_level, secrets=_known_secrets(settings))
     if args.command == "check":
         return asyncio.run(_check(settings))
     return asyncio.run(_serve(Sidecar(settings)))
 
 
+def _known_secrets(settings: config.Settings) -> list[str]:
+    """Secret values to redact from logs by value (tokens are caught by shape)."""
+    secrets = [settings.client_secret] if settings.client_secret else []
+    if settings.client_secret_file is not None:
+        with contextlib.suppress(OSError):  # an unreadable file is reported when a token is fetched
+            secrets.append(settings.client_secret_file.read_text().strip())
+    return secrets
+
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 async def _serve(sidecar: Sidecar, banner: str = "") -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return 0; a second signal exits at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await sidecar.start()
-    if banner:
-        print(banner, flush=True)
-    await stop.wait()
-    await sidecar.stop()
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("second %s: exiting at once, requests in flight are cut", name)
+            _exit_now(128 + signum)
+        log.info("%s: draining (send it again to exit at once)", name)
+        stop.set()
+
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await sidecar.start()
+        if banner:
+            print(banner, flush=True)
+        await stop.wait()
+        await sidecar.drain()
+    finally:
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
     return 0
+
+
+def _exit_now(code: int) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 async def _check(settings: config.Settings) -> int:
@@ -154,6 +191,7 @@ async def _demo(args: argparse.Namespace) -> int:
             "http_listen": args.http_listen,
             "admin_listen": args.admin_listen,
             "grpc_listen": args.grpc_listen,
+            "drain_delay": 0.0,  # nothing balances load to a demo: Ctrl-C stops at once
         }
         settings = config.load(flags, environ={"DATABRICKS_CLIENT_SECRET": emulator.client_secret})
         return await _serve(Sidecar(settings), _demo_banner(settings, emulator.workspace_url, names))
@@ -173,6 +211,7 @@ def _demo_banner(settings: config.Settings, workspace_url: str, names: list[str]
             f"endpoints: {', '.join(names)}; metrics at http://{settings.admin_listen}/metrics",
             "try:",
             *(f"  {curl} {base}/serving-endpoints/{name}/invocations -d '{body}'" for name, body in examples),
+            f"gRPC: servingsidecar.v1.ServingProxy on {settings.grpc_listen} (reflection on; README section gRPC)",
             "press Ctrl-C to stop",
         ]
     )

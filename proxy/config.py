@@ -23,6 +23,8 @@ from proxy.errors import ConfigError
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 ENV_PREFIX = "SERVING_SIDECAR_"
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,16 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max-in-flight", "int", 1024, "requests in flight beyond which new ones get an immediate 503"),
     Option("max-in-flight-per-endpoint", "int", 512, "the same bound for each endpoint"),
+    Option(
+        "drain-delay",
+        "float",
+        5.0,
+        "on SIGTERM/SIGINT: seconds readiness is 503 while requests are still accepted (load balancers catch up)",
+    ),
+    Option("drain-timeout", "float", 30.0, "then: seconds in-flight requests (streams too) get to finish"),
+    Option("log-format", "choice", "text", "log line format", choices=LOG_FORMATS),
+    Option("log-level", "choice", "info", "least severe level logged", choices=LOG_LEVELS),
+    Option("access-log", "bool", False, "log one line per request (off by default: it costs throughput)"),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}
@@ -142,6 +154,11 @@ class Settings:
     idempotent_endpoints: tuple[str, ...] = ()
     max_in_flight: int = 1024
     max_in_flight_per_endpoint: int = 512
+    drain_delay: float = 5.0
+    drain_timeout: float = 30.0
+    log_format: str = "text"
+    log_level: str = "info"
+    access_log: bool = False
     source: str = field(default="", compare=False)
 
     def __repr__(self) -> str:
@@ -311,6 +328,11 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         idempotent_endpoints=tuple(raw["idempotent_endpoint"]),
         max_in_flight=_positive(raw["max_in_flight"], "max-in-flight"),
         max_in_flight_per_endpoint=_positive(raw["max_in_flight_per_endpoint"], "max-in-flight-per-endpoint"),
+        drain_delay=_not_negative(raw["drain_delay"], "drain-delay"),
+        drain_timeout=_not_negative(raw["drain_timeout"], "drain-timeout"),
+        log_format=raw["log_format"],
+        log_level=raw["log_level"],
+        access_log=raw["access_log"],
     )
 
 
@@ -352,4 +374,10 @@ def _existing_file(value: str | None, key: str) -> Path | None:
 def _positive(value: Any, key: str) -> Any:
     if value <= 0:
         raise ConfigError(f"{key}: must be greater than zero, got {value}")
+    return value
+
+
+def _not_negative(value: Any, key: str) -> Any:
+    if value < 0:
+        raise ConfigError(f"{key}: must be zero or more, got {value}")
     return value

@@ -83,6 +83,13 @@ class BodyTooLarge(SidecarError):
     error_code = "REQUEST_ENTITY_TOO_LARGE"
 
 
+class ResponseTooLarge(SidecarError):
+    """An upstream answer (or one streamed event) over a front's message limit: gRPC's 16 MiB."""
+
+    status = 413
+    error_code = "RESPONSE_TOO_LARGE"
+
+
 class UpstreamUnreachable(SidecarError):
     status = 502
     error_code = "BAD_GATEWAY"

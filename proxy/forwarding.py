@@ -10,6 +10,8 @@ Rules:
 6. A reset on a reused pooled connection before any response byte is sent once more, on a fresh one.
 7. 429/503/connect failures (and, for idempotent endpoints, 500/502/504/timeouts) follow `retries`.
 8. Nothing is retried after the reply has been handed to the front.
+9. Observers get frozen details only (`UpstreamExchange` when the reply handed to the front is closed,
+   `(endpoint, reason)` for each retry); their endpoint names resolved, so they are safe metric labels.
 """
 
 from __future__ import annotations
@@ -53,15 +55,55 @@ class Invocation:
     body: bytes
     served_model: str | None = None
     headers: Iterable[tuple[str, str]] = field(default=())  # the caller's headers, as received
+    request_id: str | None = None  # sent upstream as X-Request-Id (replacing the caller's, if any)
 
 
-def upstream_headers(downstream: Iterable[tuple[str, str]], access_token: str) -> CIMultiDict[str]:
+@dataclass(frozen=True)
+class UpstreamExchange:
+    """One upstream request whose reply was handed to a front, timed from the moment it was sent.
+
+    first_byte_seconds: until the first body byte (the response headers when the body is empty);
+    seconds: until the body was read to its end, or the reply was closed before that (`complete` False).
+    """
+
+    endpoint: str
+    status: int
+    first_byte_seconds: float
+    seconds: float
+    complete: bool
+
+
+ExchangeHook = Callable[[UpstreamExchange], None]
+
+
+def _no_exchange_hook(_: UpstreamExchange) -> None:
+    return None
+
+
+def exchange_of(endpoint: str, reply: Reply) -> UpstreamExchange:
+    """The frozen timing details of a closed reply."""
+    finished = reply.finished_at if reply.finished_at is not None else reply.headers_at
+    first_byte = reply.first_byte_at if reply.first_byte_at is not None else reply.headers_at
+    return UpstreamExchange(
+        endpoint=endpoint,
+        status=reply.status,
+        first_byte_seconds=max(0.0, first_byte - reply.sent_at),
+        seconds=max(0.0, finished - reply.sent_at),
+        complete=reply.completed,
+    )
+
+
+def upstream_headers(
+    downstream: Iterable[tuple[str, str]], access_token: str, *, request_id: str | None = None
+) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict(
         (name, value) for name, value in downstream if name.lower() not in _NOT_FORWARDED
     )
     headers.setdefault("Content-Type", "application/json")
     headers.setdefault("Accept", "application/json")
     headers["Authorization"] = f"Bearer {access_token}"
+    if request_id is not None:
+        headers["X-Request-Id"] = request_id
     return headers
 
 
@@ -97,6 +139,7 @@ class Forwarder:
         admission: Admission | None = None,
         policy: retries.RetryPolicy | None = None,
         on_retry: RetryHook = _no_hook,
+        on_exchange: ExchangeHook = _no_exchange_hook,
     ) -> None:
         self._resolver = resolver
         self._credentials = credentials
@@ -104,6 +147,7 @@ class Forwarder:
         self.admission = admission or Admission(max_total=1024, max_per_endpoint=1024)
         self._policy = policy or retries.RetryPolicy()
         self._on_retry = on_retry
+        self._on_exchange = on_exchange
 
     def __repr__(self) -> str:
         return f"Forwarder({self._resolver!r}, {self._upstream!r}, {self.admission!r})"
@@ -119,6 +163,7 @@ class Forwarder:
                 yield reply
             finally:
                 reply.close()
+                self._on_exchange(exchange_of(call.endpoint, reply))
 
     async def _send_with_recovery(self, call: Invocation) -> Reply:
         resolution = await self._resolver.resolve(call.endpoint)
@@ -195,7 +240,7 @@ class Forwarder:
 
     async def _send(self, resolution: Resolution, call: Invocation, access_token: str, *, fresh: bool) -> Reply:
         url = invocation_url(resolution.url, call.served_model)
-        headers = upstream_headers(call.headers, access_token)
+        headers = upstream_headers(call.headers, access_token, request_id=call.request_id)
         return await self._upstream.send("POST", url, headers=headers, body=call.body, fresh=fresh)
 
     async def warm(self, name: str, connections: int) -> Resolution:

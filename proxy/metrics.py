@@ -1,17 +1,27 @@
 """Prometheus instruments, created on an injected registry; the only prometheus_client user.
 
 Label values come only from configuration and bounded sets: endpoint names that resolved (or were
-configured), fronts (http, grpc), status codes, token kinds. A name that did not resolve is counted as
-`UNRESOLVED`, never as the raw path.
+configured), fronts (http, grpc), status codes, token kinds, upstream hosts the sidecar resolved (the
+workspace and route-optimized data-plane hosts) and fixed reason/result enums. A name that did not
+resolve is counted as `UNRESOLVED`, never as the raw path.
+
+Other modules never see prometheus_client: they call the `observe_*` methods (or hand them as hooks)
+with frozen details, and pool gauges are read at scrape time from a `PoolStats` source.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from proxy import __version__
 from proxy.credentials.cache import FetchOutcome
+from proxy.forwarding import UpstreamExchange
+from proxy.upstream import ConnectAttempt, PoolStats
 
 UNRESOLVED = "unresolved"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -55,6 +65,26 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.upstream_duration = Histogram(
+            "serving_sidecar_upstream_request_duration_seconds",
+            "Time from sending a request upstream to the end of its response body",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_byte = Histogram(
+            "serving_sidecar_time_to_first_byte_seconds",
+            "Time from sending a request upstream to the first byte of its response body (first SSE event)",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_connects = Counter(
+            "serving_sidecar_upstream_connects",
+            "New upstream connections (TCP + TLS) by host and result (success, timeout, tls_error, error)",
+            ["host", "result"],
+            registry=r,
+        )
         self.retries = Counter(
             "serving_sidecar_retries",
             "Upstream sends repeated, by endpoint and reason",
@@ -70,9 +100,6 @@ class Metrics:
         if outcome.expires_at is not None:
             self.token_expiry.labels(kind=outcome.kind, endpoint=outcome.label).set(outcome.expires_at)
 
-    def observe_retry(self, endpoint: str, reason: str) -> None:
-        self.retries.labels(endpoint=endpoint, reason=reason).inc()
-
     def observe_resolution(self, result: str) -> None:
         self.resolutions.labels(result=result).inc()
 
@@ -80,5 +107,42 @@ class Metrics:
         self.requests.labels(endpoint=endpoint, front=front, code=str(code)).inc()
         self.request_duration.labels(endpoint=endpoint, front=front).observe(seconds)
 
+    def observe_exchange(self, exchange: UpstreamExchange) -> None:
+        """Forwarder hook: one upstream reply, closed."""
+        self.upstream_duration.labels(endpoint=exchange.endpoint).observe(exchange.seconds)
+        self.time_to_first_byte.labels(endpoint=exchange.endpoint).observe(exchange.first_byte_seconds)
+
+    def observe_retry(self, endpoint: str, reason: str) -> None:
+        """A request sent upstream once more; `reason` is a fixed word (unauthorized, endpoint_recreated, ...)."""
+        self.retries.labels(endpoint=endpoint, reason=reason).inc()
+
+    def observe_connect(self, attempt: ConnectAttempt) -> None:
+        """Upstream hook: a new connection opened, or failed to."""
+        self.upstream_connects.labels(host=attempt.host, result=attempt.result).inc()
+
+    def watch_pools(self, stats: Callable[[], Iterable[PoolStats]]) -> None:
+        """Export `serving_sidecar_upstream_connections{host, state}` from `stats()`, read at each scrape."""
+        self.registry.register(_PoolCollector(stats))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _PoolCollector(Collector):
+    """`upstream_connections{host, state="open"|"idle"}`: open counts all held connections, idle included."""
+
+    NAME = "serving_sidecar_upstream_connections"
+    HELP = "Upstream connections by host: open (in use, opening or idle) and idle (waiting in the pool)"
+
+    def __init__(self, stats: Callable[[], Iterable[PoolStats]]) -> None:
+        self._stats = stats
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["host", "state"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["host", "state"])
+        for pool in self._stats():
+            family.add_metric([pool.host, "open"], pool.open)
+            family.add_metric([pool.host, "idle"], pool.idle)
+        yield family

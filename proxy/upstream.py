@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import io
 import ssl
+import time
 import types
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -39,6 +40,41 @@ def build_ssl_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
     if ca_bundle is not None:
         context.load_verify_locations(cafile=str(ca_bundle))
     return context
+
+
+@dataclass(frozen=True)
+class ConnectAttempt:
+    """One new upstream connection (TCP + TLS), for observers. `result`: success|timeout|tls_error|error."""
+
+    host: str
+    result: str
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A pool at one instant: `open` counts every connection it holds (in use or opening, and idle)."""
+
+    host: str
+    open: int
+    idle: int
+
+
+ConnectObserver = Callable[[ConnectAttempt], None]
+
+
+def _ignore_connect(_: ConnectAttempt) -> None:
+    return None
+
+
+def connect_result(exc: BaseException) -> str | None:
+    """The `ConnectAttempt.result` for an exception from opening a request, or None if not a connect failure."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls_error"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "error"
+    return None
 
 
 def origin_of(url: str) -> str:
@@ -74,11 +110,17 @@ def translate_errors(url: str, attempt: _Attempt | None = None) -> Iterator[None
 class Reply:
     """An upstream response whose body is still on the wire. Close it (`async with` or `close()`)."""
 
-    def __init__(self, response: aiohttp.ClientResponse, stream_idle: float) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, stream_idle: float, *, sent_at: float | None = None) -> None:
         self._response = response
         self._stream_idle = stream_idle
         self.status = response.status
         self.headers: CIMultiDictProxy[str] = response.headers
+        # time.perf_counter() instants: request sent, headers in, first body byte in, body done or closed.
+        self.headers_at = time.perf_counter()
+        self.sent_at = self.headers_at if sent_at is None else sent_at
+        self.first_byte_at: float | None = None
+        self.finished_at: float | None = None
+        self.completed = False  # the body was read to its end
 
     def __repr__(self) -> str:
         return f"Reply(status={self.status}, closed={self._response.closed})"
@@ -91,7 +133,11 @@ class Reply:
                 async with asyncio.timeout(self._stream_idle):
                     chunk = await self._response.content.readany()
                 if not chunk:
+                    self.finished_at = time.perf_counter()
+                    self.completed = True
                     return
+                if self.first_byte_at is None:
+                    self.first_byte_at = time.perf_counter()
                 yield chunk
 
     async def read(self) -> bytes:
@@ -99,15 +145,27 @@ class Reply:
 
     def close(self) -> None:
         """Release the connection to the pool (or drop it when the body was not fully read)."""
+        if self.finished_at is None:
+            self.finished_at = time.perf_counter()
         self._response.release() if self._response.content.at_eof() else self._response.close()
 
 
 class Pool:
     """Keep-alive connections to one upstream host, plus an unpooled session for fresh-connection retries."""
 
-    def __init__(self, origin: str, *, ssl_context: ssl.SSLContext, size: int, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        origin: str,
+        *,
+        ssl_context: ssl.SSLContext,
+        size: int,
+        timeouts: Timeouts,
+        on_connect: ConnectObserver = _ignore_connect,
+    ) -> None:
         self.origin = origin
+        self.host = urlsplit(origin).netloc
         self.connects = 0
+        self._on_connect = on_connect
         self._ssl_context = ssl_context
         self._timeouts = timeouts
         self._connector = aiohttp.TCPConnector(
@@ -141,8 +199,13 @@ class Pool:
     def idle_connections(self) -> int:
         return sum(len(conns) for conns in self._connector._conns.values())
 
+    def stats(self) -> PoolStats:
+        idle = self.idle_connections
+        return PoolStats(self.host, open=len(self._connector._acquired) + idle, idle=idle)
+
     async def _count_connect(self, *_: object) -> None:
         self.connects += 1
+        self._on_connect(ConnectAttempt(self.host, "success"))
 
     @staticmethod
     async def _mark_reused(_session: object, context: types.SimpleNamespace, _params: object) -> None:
@@ -167,11 +230,21 @@ class Pool:
         attempt = _Attempt()
         # aiohttp writes a BytesIO in chunks, yielding to the loop; BytesIO shares the bytes, no copy.
         data = io.BytesIO(body) if body is not None and len(body) > LARGE_BODY else body
-        with translate_errors(url, attempt):
+        with translate_errors(url, attempt), self._observe_connect_failure():
             async with asyncio.timeout(self._timeouts.first_byte):
                 return await session.request(
                     method, url, headers=headers, data=data, allow_redirects=False, trace_request_ctx=attempt
                 )
+
+    @contextlib.contextmanager
+    def _observe_connect_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except aiohttp.ClientError as exc:
+            result = connect_result(exc)
+            if result is not None:
+                self._on_connect(ConnectAttempt(self.host, result))
+            raise
 
     async def close(self) -> None:
         await self._session.close()
@@ -182,10 +255,18 @@ class Pool:
 class Upstream:
     """All pools, keyed by origin, created on first use and kept for the process lifetime."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext, pool_size: int, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext,
+        pool_size: int,
+        timeouts: Timeouts,
+        on_connect: ConnectObserver = _ignore_connect,
+    ) -> None:
         self._ssl_context = ssl_context
         self._pool_size = pool_size
         self.timeouts = timeouts
+        self._on_connect = on_connect
         self._pools: dict[str, Pool] = {}
 
     def __repr__(self) -> str:
@@ -196,19 +277,28 @@ class Upstream:
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = Pool(
-                origin, ssl_context=self._ssl_context, size=self._pool_size, timeouts=self.timeouts
+                origin,
+                ssl_context=self._ssl_context,
+                size=self._pool_size,
+                timeouts=self.timeouts,
+                on_connect=self._on_connect,
             )
         return pool
 
     def pools(self) -> list[Pool]:
         return list(self._pools.values())
 
+    def stats(self) -> list[PoolStats]:
+        """Every pool's connection counts now (read at scrape time by the metrics collector)."""
+        return [pool.stats() for pool in self._pools.values()]
+
     async def send(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None, fresh: bool = False
     ) -> Reply:
         """Start a request; the returned Reply's body is streamed. Raises UpstreamUnreachable/Timeout."""
+        sent_at = time.perf_counter()
         response = await self.pool(url).open(method, url, headers, body, fresh=fresh)
-        return Reply(response, self.timeouts.stream_idle)
+        return Reply(response, self.timeouts.stream_idle, sent_at=sent_at)
 
     async def fetch(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -116,7 +117,9 @@ class RefreshingToken:
     def start(self) -> None:
         """Start the background refresh loop (fetches at once when there is no token)."""
         if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+            # A fresh context: the refresh loop outlives the request that created it, and must not log
+            # that request's id (contextvars are copied into new tasks).
+            self._loop_task = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
 
     async def close(self) -> None:
         for task in (self._loop_task, self._inflight):

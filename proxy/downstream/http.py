@@ -3,6 +3,9 @@
 Bodies pass through as bytes (request and response, no decompression); answers stream back chunk by
 chunk, so SSE events reach the caller as the upstream sends them. Errors the sidecar makes itself are
 Databricks-shaped JSON; upstream errors pass through unchanged.
+
+Every request gets a request id (the caller's `X-Request-Id` when safe, else a new one): bound in the
+log context for the whole request, sent upstream, and returned on the response.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from proxy import routing
+from proxy import logs, routing
 from proxy.config import MAX_BODY_BYTES
 from proxy.errors import BodyTooLarge, EndpointNotFound, MethodNotAllowed, SidecarError
 from proxy.forwarding import Forwarder, Invocation, downstream_headers
@@ -22,15 +25,38 @@ FRONT = "http"
 LabelFor = Callable[[str], str]
 
 
-def error_response(error: SidecarError) -> web.Response:
-    return web.Response(status=error.status, body=error.body(), headers=error.headers())
+def error_response(error: SidecarError, request_id: str | None = None) -> web.Response:
+    headers = error.headers()
+    if request_id is not None:
+        headers[logs.REQUEST_ID_HEADER] = request_id
+    return web.Response(status=error.status, body=error.body(), headers=headers)
+
+
+def _reply_headers(upstream: list[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
+    """Upstream headers for the caller, with the caller's request id in place of any upstream one."""
+    kept = [(name, value) for name, value in upstream if name.lower() != "x-request-id"]
+    return [*kept, (logs.REQUEST_ID_HEADER, request_id)]
+
+
+def _size(response: web.StreamResponse | None) -> int | None:
+    """Body bytes sent (streamed answers) or about to be sent (answers the sidecar made itself)."""
+    if response is None:
+        return None
+    if response.prepared:
+        return response.body_length
+    body = response.body if isinstance(response, web.Response) else None
+    return len(body) if isinstance(body, bytes) else None
 
 
 class HttpFront:
-    def __init__(self, forwarder: Forwarder, metrics: Metrics, label_for: LabelFor) -> None:
+    def __init__(
+        self, forwarder: Forwarder, metrics: Metrics, label_for: LabelFor, *, access_log: bool = False
+    ) -> None:
         self._forwarder = forwarder
         self._metrics = metrics
         self._label_for = label_for
+        self._access_log = access_log
+        metrics.in_flight.labels(front=FRONT)  # exported as 0 from the start, not from the first request
 
     def __repr__(self) -> str:
         return f"HttpFront({self._forwarder!r})"
@@ -41,30 +67,38 @@ class HttpFront:
         return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        with logs.bound_request_id(logs.request_id_from(request.headers.get(logs.REQUEST_ID_HEADER))) as rid:
+            return await self._handle(request, rid)
+
+    async def _handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
         started = time.perf_counter()
         route = routing.match(request.raw_path)
-        label = self._label_for(route.endpoint) if route else self._label_for("")
         in_flight = self._metrics.in_flight.labels(front=FRONT)
         in_flight.inc()
         status: int | str = "error"
+        response: web.StreamResponse | None = None
         try:
-            response = await self._serve(request, route)
+            response = await self._serve(request, route, request_id)
             status = response.status
             return response
         finally:
             in_flight.dec()
-            if route is not None:
-                label = self._label_for(route.endpoint)
-            self._metrics.observe_request(
-                endpoint=label, front=FRONT, code=status, seconds=time.perf_counter() - started
-            )
+            seconds = time.perf_counter() - started
+            # Labelled after the call: a name becomes a label only once it resolved.
+            label = self._label_for(route.endpoint if route is not None else "")
+            self._metrics.observe_request(endpoint=label, front=FRONT, code=status, seconds=seconds)
+            if self._access_log:
+                path = logs.access_path(request.raw_path)
+                record = logs.AccessRecord(FRONT, request.method, path, label, status, seconds, _size(response))
+                logs.log_access(record)
 
-    async def _serve(self, request: web.Request, route: routing.Route | None) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, route: routing.Route | None, request_id: str) -> web.StreamResponse:
         response: web.StreamResponse | None = None
         try:
-            call = await self._invocation(request, route)
+            call = await self._invocation(request, route, request_id)
             async with self._forwarder.invoke(call) as reply:
-                response = web.StreamResponse(status=reply.status, headers=downstream_headers(reply.headers))
+                headers = _reply_headers(downstream_headers(reply.headers), request_id)
+                response = web.StreamResponse(status=reply.status, headers=headers)
                 length = reply.headers.get("Content-Length")
                 if length is not None and length.isdigit():
                     response.content_length = int(length)
@@ -75,13 +109,13 @@ class HttpFront:
                 return response
         except SidecarError as error:
             if response is None or not response.prepared:
-                return error_response(error)
+                return error_response(error, request_id)
             # Headers already went out: cut the connection so the caller sees a broken answer, not a short one.
             if request.transport is not None:
                 request.transport.close()
             return response
 
-    async def _invocation(self, request: web.Request, route: routing.Route | None) -> Invocation:
+    async def _invocation(self, request: web.Request, route: routing.Route | None, request_id: str) -> Invocation:
         if route is None:
             raise EndpointNotFound(
                 "no such route: use POST /serving-endpoints/<endpoint_name>/invocations or "
@@ -101,4 +135,5 @@ class HttpFront:
             served_model=route.served_model,
             body=body,
             headers=request.headers.items(),
+            request_id=request_id,
         )

@@ -12,15 +12,15 @@ import pytest
 
 from proxy import config
 from proxy.app import Sidecar
-from proxy.emulator import Emulator, EmulatorSettings
+from proxy.emulator import Emulator
 
 SidecarFactory = Callable[..., AbstractAsyncContextManager[Sidecar]]
 
 
 @pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    async with Emulator(EmulatorSettings()) as emulator:
-        yield emulator
+def emu(emulator: Emulator) -> Emulator:
+    """The shared `emulator` fixture (tests/conftest.py) under a short name."""
+    return emulator
 
 
 def sidecar_settings(emulator: Emulator, ca_file: Path, **overrides: Any) -> config.Settings:

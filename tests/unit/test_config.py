@@ -87,3 +87,31 @@ def test_malformed_config_file(tmp_path: Path, content: str, message: str) -> No
 def test_every_option_has_help_and_an_env_name() -> None:
     for opt in OPTIONS:
         assert opt.help and opt.env_name.isupper()
+
+
+def test_operations_options_defaults_and_overrides(tmp_path: Path) -> None:
+    settings = load({}, environ=BASE_ENV, home=tmp_path)
+    assert (settings.drain_delay, settings.drain_timeout) == (5.0, 30.0)
+    assert (settings.log_format, settings.log_level, settings.access_log) == ("text", "info", False)
+    env = {
+        **BASE_ENV,
+        "SERVING_SIDECAR_DRAIN_DELAY": "0",
+        "SERVING_SIDECAR_LOG_FORMAT": "json",
+        "SERVING_SIDECAR_ACCESS_LOG": "true",
+    }
+    settings = load({"log_level": "debug", "drain_timeout": 2.5}, environ=env, home=tmp_path)
+    assert (settings.drain_delay, settings.drain_timeout) == (0.0, 2.5)
+    assert (settings.log_format, settings.log_level, settings.access_log) == ("json", "debug", True)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SERVING_SIDECAR_LOG_FORMAT": "xml"}, "SERVING_SIDECAR_LOG_FORMAT: must be one of text, json"),
+        ({"SERVING_SIDECAR_LOG_LEVEL": "loud"}, "must be one of debug, info, warning, error"),
+        ({"SERVING_SIDECAR_DRAIN_TIMEOUT": "-1"}, "drain-timeout: must be zero or more"),
+    ],
+)
+def test_operations_options_are_validated(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load({}, environ={**BASE_ENV, **env}, home=tmp_path)

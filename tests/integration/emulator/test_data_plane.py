@@ -75,7 +75,8 @@ async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
 
 async def test_chat_streams_one_event_per_word_then_done(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     token = await data_plane_token(client, emulator, "chat-ro")
-    body = {"messages": [{"role": "user", "content": "tell me more"}], "stream": True}
+    words = "tell me more about the emulated workspace and its data plane please"
+    body = {"messages": [{"role": "user", "content": words}], "stream": True}
     events: list[str] = []
     async with client.post(emulator.endpoint_url("chat-ro"), json=body, headers=bearer(token)) as resp:
         assert resp.status == 200
@@ -88,9 +89,9 @@ async def test_chat_streams_one_event_per_word_then_done(emulator: Emulator, cli
             events.append(event)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
-    assert [c["object"] for c in chunks] == ["chat.completion.chunk"] * 4
-    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "echo: tell me more"
-    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "stop"]
+    assert [c["object"] for c in chunks] == ["chat.completion.chunk"] * 13
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "echo: " + words
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 12 + ["stop"]
     assert emulator.counters.snapshot()["invocations"] == {"chat-ro": {"200": 1}}
 
 

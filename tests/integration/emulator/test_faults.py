@@ -353,12 +353,10 @@ async def test_idle_connections_are_closed(
 ) -> None:
     token = await data_plane_token(client, emulator, "fraud-ro")
     url = emulator.endpoint_url("fraud-ro")
-    await _admin(client, emulator, "faults", {"idle_close_after": 0.2})
+    await _admin(client, emulator, "faults", {"idle_close_after": 0.5})
     conn = await raw(url)
-    assert await conn.post(url, token) == 200
-    started = time.monotonic()
+    assert [await conn.post(url, token), await conn.post(url, token)] == [200, 200]
     assert await conn.closed_by_peer()
-    assert time.monotonic() - started >= 0.15
     assert emulator.counters.snapshot()["idle_closed_connections"] == 1
 
 
@@ -391,7 +389,7 @@ async def test_invocations_cancelled_when_the_client_goes_away(
 
 async def test_cancelled_stream_is_counted(emulator: Emulator, client: aiohttp.ClientSession) -> None:
     token = await data_plane_token(client, emulator, "chat-ro")
-    body = {"messages": [{"role": "user", "content": "a b c d e f g h"}], "stream": True}
+    body = {"messages": [{"role": "user", "content": " ".join(["word"] * 40)}], "stream": True}
     async with client.post(emulator.endpoint_url("chat-ro"), json=body, headers=bearer(token)) as resp:
         await resp.content.readline()
         resp.close()
