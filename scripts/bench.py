@@ -194,6 +194,7 @@ async def bench(args: argparse.Namespace) -> int:
 
 def grpc_invoke(port: int) -> tuple[object, Call]:
     import grpc
+
     from proxy._proto.servingsidecar.v1 import serving_proxy_pb2 as pb
     from proxy._proto.servingsidecar.v1 import serving_proxy_pb2_grpc as pb_grpc
 

@@ -208,6 +208,7 @@ def http_stream(session: aiohttp.ClientSession, base: str, endpoint: str) -> Cal
 def grpc_calls(port: int) -> tuple[Any, Callable[[str], Call], Callable[[str], Call]]:
     """A channel and factories for gRPC unary and streaming calls (imported only when the front exists)."""
     import grpc
+
     from proxy._proto.servingsidecar.v1 import serving_proxy_pb2 as pb
     from proxy._proto.servingsidecar.v1 import serving_proxy_pb2_grpc as pb_grpc
 
