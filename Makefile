@@ -29,5 +29,12 @@ unit: venv
 test: lint typecheck
 	$(BIN)/pytest -q
 
+# Not part of `make test`: timings depend on the machine. SOAK_ARGS / BENCH_ARGS pass options through.
+soak: venv
+	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
+
+bench: venv
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -16,7 +16,8 @@ Faults over the run (times scale with --duration):
   `Retry-After: 1` and without; 2 = retry attempts - 1, so every such request can still succeed;
 - one token-server outage (every grant answers 503) of 12 s, shorter than the 15 s for which a
   60 s token that is due for refresh stays usable (60 - 40 - 5);
-- one recreation of `fraud-ro` (new id, new host; the old host answers 404).
+- one recreation of `fraud-ro` (new id, new host; the old host answers 404), 0.3 s after two of its
+  calls got a 429 with `Retry-After: 1`, so that they retry after it.
 
 Report: calls per kind, failures (each printed with details), p50/p99 latency, the sidecar's retries by
 reason, the emulator's counters, inference runs vs. successful calls, the sidecar's RSS.
@@ -266,6 +267,8 @@ async def worker(
                 endpoint = await call(rng)
         except Exception as err:
             detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+            if stats.phase() != phase:
+                phase = f"{phase} -> {stats.phase()}"
             stats.failures.append(Failure(kind, stats.now(), phase, detail))
         else:
             stats.ok[kind] += 1
@@ -336,6 +339,10 @@ async def run_faults(emu: Emulator, stats: Stats, traffic: asyncio.Event, p: Pla
         stats.end("token_outage")
 
     async def recreate() -> None:
+        # Calls that are waiting out a Retry-After when the endpoint is recreated must retry on the new one.
+        emu.fail_next(BURST_SIZE, 429, retry_after=1, endpoint="fraud-ro")
+        stats.note(f"429 x{BURST_SIZE} for fraud-ro, Retry-After 1, just before its recreation")
+        await asyncio.sleep(0.3)
         new_id = emu.recreate_endpoint("fraud-ro")
         stats.note(f"fraud-ro recreated as {new_id[:8]}... at {emu.endpoint_url('fraud-ro')}")
         stats.begin("recreated")
