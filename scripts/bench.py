@@ -141,7 +141,7 @@ async def bench(args: argparse.Namespace) -> int:
             client_secret=workspace.secret,
             ca_file=emulator.ca_file,
             endpoints=[ENDPOINT],
-            flags={"warm_connections": 4},
+            flags={"warm_connections": 4, "drain_delay": 0},
         )
         await sidecar.start()
         pool = aiohttp.TCPConnector(ssl=workspace.ssl, limit=0)

@@ -59,6 +59,7 @@ async def run(args: argparse.Namespace) -> int:
             endpoints=["fraud-ro"],
             flags={
                 "pool_size": args.pool_size,
+                "drain_delay": 0,
                 "max_in_flight": max(1024, 2 * args.connections),
                 "max_in_flight_per_endpoint": max(512, 2 * args.connections),
             },
