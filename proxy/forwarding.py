@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -56,6 +58,7 @@ class Invocation:
     served_model: str | None = None
     headers: Iterable[tuple[str, str]] = field(default=())  # the caller's headers, as received
     request_id: str | None = None  # sent upstream as X-Request-Id (replacing the caller's, if any)
+    deadline: float | None = None  # time.monotonic() by which the caller wants its answer (gRPC deadline)
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,7 @@ class Forwarder:
                 continue
             except (ConnectFailed, UpstreamTimeout) as failure:
                 kind = "connect" if isinstance(failure, ConnectFailed) else "timeout"
-                if not await self._wait_for_retry(call.endpoint, progress, failure=kind):
+                if not await self._wait_for_retry(call, progress, failure=kind):
                     raise
                 continue
             if reply.status == 401 and not progress.reauthenticated:
@@ -202,15 +205,13 @@ class Forwarder:
                     self._on_retry(call.endpoint, "endpoint_recreated")
                     continue
             retry_after = reply.headers.get("Retry-After")
-            if await self._wait_for_retry(
-                call.endpoint, progress, status=reply.status, retry_after=retry_after, reply=reply
-            ):
+            if await self._wait_for_retry(call, progress, status=reply.status, retry_after=retry_after, reply=reply):
                 continue
             return reply
 
     async def _wait_for_retry(
         self,
-        endpoint: str,
+        call: Invocation,
         progress: _Progress,
         *,
         status: int | None = None,
@@ -218,9 +219,17 @@ class Forwarder:
         retry_after: str | None = None,
         reply: Reply | None = None,
     ) -> bool:
-        """Apply the retry policy; if it says retry, release `reply`, wait and return True."""
+        """Apply the retry policy; if it says retry, release `reply`, wait and return True.
+
+        With a caller deadline, waits never run past it: the upstream's own answer goes back instead.
+        """
+        policy = self._policy
+        if call.deadline is not None:
+            left = call.deadline - time.monotonic()
+            policy = dataclasses.replace(policy, budget=min(policy.budget, progress.waited + left))
+        endpoint = call.endpoint
         decision = retries.decide(
-            self._policy,
+            policy,
             endpoint=endpoint,
             attempt=progress.attempt,
             waited=progress.waited,
