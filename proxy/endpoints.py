@@ -106,14 +106,21 @@ class Resolver:
     async def recheck(self, stale: Resolution) -> Resolution | None:
         """A newer resolution than `stale` (the endpoint was recreated), or None if it is unchanged.
 
-        Rate-limited per name, so a persistent 403/404 costs at most one metadata read per interval.
+        Rate-limited per name, so a persistent 403/404 costs at most one metadata read per interval; callers
+        that come while that read is in flight wait for it.
         """
         current = self._found.get(stale.name)
         if current is not None and current != stale:
             return current
         now = self._clock()
         if now - self._rechecked.get(stale.name, -RECHECK_INTERVAL) < RECHECK_INTERVAL:
-            return None
+            # Another caller's recheck may still be looking the name up: share its answer rather than
+            # hand this caller the old host's 403/404.
+            task = self._inflight.get(stale.name)
+            if task is None:
+                return None
+            fresh = await asyncio.shield(task)
+            return None if fresh == stale else fresh
         self._rechecked[stale.name] = now
         self.invalidate(stale.name)
         fresh = await self.resolve(stale.name)

@@ -172,6 +172,9 @@ class Forwarder:
         resolution = await self._resolver.resolve(call.endpoint)
         progress = _Progress()
         while True:
+            # A retry after a wait uses the newest resolution: the endpoint may have been recreated meanwhile,
+            # and the old one's token forgotten (asking for it again would fail and leak a refresh loop).
+            resolution = self._resolver.cached(call.endpoint) or resolution
             source = self._credentials.for_target(
                 resolution.url, resolution.authorization_details, label=resolution.name
             )

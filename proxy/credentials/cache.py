@@ -160,9 +160,12 @@ class RefreshingToken:
         except TokenError as exc:
             self._failures += 1
             self.last_error = exc
-            self._retry_at = self._clock() + schedule.backoff(
-                self._failures, configuration_error=exc.is_configuration_error
-            )
+            now = self._clock()
+            self._retry_at = now + schedule.backoff(self._failures, configuration_error=exc.is_configuration_error)
+            if self._token is not None and schedule.is_usable(now, self._token.expires_at):
+                # Invariant 3 of `schedule`: never back off past the moment the current token stops being
+                # usable, or callers get 503 inside the backoff although the token server is back.
+                self._retry_at = min(self._retry_at, self._token.expires_at - schedule.UNUSABLE_MARGIN)
             self._observer(FetchOutcome(self.kind, self.label, False, self.expires_at, exc.error))
             raise
         finally:

@@ -180,6 +180,30 @@ async def test_recreated_endpoint_is_re_resolved_and_retried_once(
     assert retries(sidecar, "endpoint_recreated") == 1
 
 
+async def test_concurrent_calls_that_hit_a_recreated_endpoint_all_succeed(
+    emu: Emulator, sidecar: Sidecar, client: aiohttp.ClientSession
+) -> None:
+    await asyncio.gather(*(call(client, sidecar) for _ in range(20)))  # pools warm connections to the old host
+    emu.recreate_endpoint("fraud-ro")
+    results = await asyncio.gather(*(call(client, sidecar) for _ in range(20)))
+    assert [status for status, _, _ in results] == [200] * 20  # none gets the old host's 404
+    assert emu.counters.snapshot()["metadata_reads"]["fraud-ro"] == 2  # one re-resolution for all of them
+
+
+async def test_a_call_waiting_out_a_429_while_its_endpoint_is_recreated_retries_on_the_new_one(
+    emu: Emulator, sidecar: Sidecar, client: aiohttp.ClientSession
+) -> None:
+    await call(client, sidecar)
+    emu.fail_next(1, 429, retry_after=1, endpoint="fraud-ro")
+    waiting = asyncio.create_task(call(client, sidecar))
+    assert await wait_for(lambda: statuses(emu).get("429") == 1)
+    emu.recreate_endpoint("fraud-ro")
+    assert (await call(client, sidecar))[0] == 200  # re-resolves and drops the old endpoint's token
+    status, _, body = await waiting
+    assert status == 200, body
+    assert emu.counters.snapshot()["token_failures"] == {}  # no token was asked for the old endpoint
+
+
 # --- token server outage ------------------------------------------------------------------------------
 
 

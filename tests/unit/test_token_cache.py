@@ -126,3 +126,27 @@ async def test_background_loop_refreshes_ahead_of_expiry() -> None:
         await token.close()
     assert server.fetches >= 2
     assert "RefreshingToken(kind='workspace'" in repr(token)
+
+
+async def test_retry_after_a_failed_refresh_comes_before_the_token_becomes_unusable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A 60 s token is due for refresh after 5 s and usable for 20 s. During an outage of the token server,
+    # backoff alone (1, 2, 4, 8 s, +10% jitter here) would put the fifth try past 20 s: callers would get
+    # 503 inside the backoff even if the server came back at 17 s. The tries stop at the usable end.
+    monkeypatch.setattr("proxy.credentials.schedule.random.uniform", lambda _low, high: high)
+    clock = Clock()
+    server = FakeTokenServer(clock, ttl=60)
+    token = make(server, clock)
+    assert await token.get() == "tok-1"
+    usable_until = clock.now + 60 - 40
+    clock.now += 5
+    server.error = TokenError("temporarily_unavailable", "outage", status=503)
+    while clock.now < usable_until:
+        with pytest.raises(TokenError):
+            await token._refresh()
+        clock.now += token.next_refresh_delay()
+        assert clock.now <= usable_until
+    server.error = None
+    assert clock.now == usable_until
+    assert await token.get() == "tok-6"  # fetched now, not refused inside a backoff

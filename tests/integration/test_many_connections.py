@@ -1,0 +1,80 @@
+"""1000 concurrent client connections held open and served without errors.
+
+Raw asyncio sockets speak HTTP/1.1 keep-alive, so each of the 1000 connections is known to carry both of its
+requests. Nothing here asserts a timing; the peak RSS of a sidecar process under the same load is measured
+and printed by `scripts/connections.py`, not asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from proxy.emulator import Emulator
+from tests.integration.conftest import SidecarFactory
+
+CONNECTIONS = 1000
+PATH = "/serving-endpoints/fraud-ro/invocations"
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[int, bytes]:
+    """One keep-alive request on an open connection: the status and body of its answer."""
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    writer.write(head.encode() + body)
+    await writer.drain()
+    status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines if line)
+    }
+    assert headers.get("connection", "").lower() != "close", headers
+    if "content-length" in headers:
+        return int(status_line.split()[1]), await reader.readexactly(int(headers["content-length"]))
+    assert headers.get("transfer-encoding") == "chunked", headers
+    chunks = []
+    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+        chunks.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+    await reader.readexactly(2)
+    return int(status_line.split()[1]), b"".join(chunks)
+
+
+async def test_1000_concurrent_connections_are_held_open_and_served(
+    emu: Emulator, make_sidecar: SidecarFactory
+) -> None:
+    emu.faults.latency["fraud-ro"] = 0.2  # long enough for the calls of one round to overlap
+    async with make_sidecar(
+        endpoint=["fraud-ro"], max_in_flight=2048, max_in_flight_per_endpoint=2048, pool_size=256
+    ) as sidecar:
+        port = sidecar.port("http")
+        opening = asyncio.Semaphore(100)  # stay well inside the listen backlog
+
+        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            async with opening:
+                return await asyncio.open_connection("127.0.0.1", port)
+
+        connections = await asyncio.gather(*(connect() for _ in range(CONNECTIONS)))
+        try:
+            for round_number in (1, 2):  # the second round reuses every connection of the first
+
+                async def one(index: int, round_number: int = round_number) -> tuple[int, bytes]:
+                    reader, writer = connections[index]
+                    body = json.dumps({"dataframe_records": [{"connection": index, "round": round_number}]})
+                    return await exchange(reader, writer, body.encode())
+
+                async with asyncio.timeout(60):  # a hang guard, not a timing assertion
+                    answers = await asyncio.gather(*(one(i) for i in range(CONNECTIONS)))
+                wrong = [
+                    (i, status, body[:200])
+                    for i, (status, body) in enumerate(answers)
+                    if status != 200 or json.loads(body) != {"predictions": [i + round_number]}
+                ]
+                assert not wrong, f"round {round_number}: {len(wrong)} wrong answers, first {wrong[:3]}"
+        finally:
+            for _, writer in connections:
+                writer.close()
+    counted = emu.counters.snapshot()
+    assert counted["invocations"]["fraud-ro"]["200"] == 2 * CONNECTIONS
+    assert counted["data_plane_connections"] <= 256  # 1000 callers, upstream bounded by the pool
