@@ -233,9 +233,7 @@ class ServingProxyService:
 
     async def Invoke(self, request: pb.InvokeRequest, context: Any) -> pb.InvokeResponse:
         async with self._call(request.endpoint, context) as call:
-            async with self._forwarder.invoke(
-                invocation_for(request, context.invocation_metadata(), time_remaining=context.time_remaining())
-            ) as reply:
+            async with self._forward(request, context) as reply:
                 call.saw(reply)
                 body = await read_bounded(reply)
                 _raise_for_status(reply, body)
@@ -244,18 +242,21 @@ class ServingProxyService:
         raise AssertionError("unreachable: _call ends a failed call by aborting it")
 
     async def InvokeStream(self, request: pb.InvokeRequest, context: Any) -> AsyncIterator[pb.InvokeEvent]:
-        async with (
-            self._call(request.endpoint, context) as call,
-            self._forwarder.invoke(
-                invocation_for(request, context.invocation_metadata(), time_remaining=context.time_remaining())
-            ) as reply,
-        ):
+        async with self._call(request.endpoint, context) as call, self._forward(request, context) as reply:
             call.saw(reply)
             if not 200 <= reply.status < 300:
                 _raise_for_status(reply, await read_bounded(reply))
             await context.send_initial_metadata(call.initial_metadata())
             async for data in event_data(reply):
                 yield pb.InvokeEvent(data=data)
+
+    @contextlib.asynccontextmanager
+    async def _forward(self, request: pb.InvokeRequest, context: Any) -> AsyncIterator[Reply]:
+        """The shared forwarding path, admitted like an HTTP request."""
+        call = invocation_for(request, context.invocation_metadata(), time_remaining=context.time_remaining())
+        with self._forwarder.admit(call.endpoint):
+            async with self._forwarder.invoke(call) as reply:
+                yield reply
 
     @contextlib.asynccontextmanager
     async def _call(self, endpoint: str, context: Any) -> AsyncIterator[_Call]:
