@@ -3,7 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck unit venv clean bench soak
+.PHONY: run test lint typecheck unit venv tools clean bench soak
+
+# Test tools from Debian and npm (curl, prometheus/promtool, systemd-analyze, the pinned kustomize);
+# needs root for apt-get the first time, does nothing once they are there.
+TOOLS_STAMP := scripts/deploy-tools/node_modules/.installed
 
 $(BIN)/serving-sidecar: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -12,6 +16,12 @@ $(BIN)/serving-sidecar: pyproject.toml
 	touch $@
 
 venv: $(BIN)/serving-sidecar
+
+$(TOOLS_STAMP): .ci/install-system-packages scripts/install-deploy-tools scripts/deploy-tools/package-lock.json
+	bash .ci/install-system-packages
+	touch $@
+
+tools: $(TOOLS_STAMP)
 
 run: venv
 	$(BIN)/serving-sidecar demo
@@ -26,7 +36,7 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-test: lint typecheck
+test: tools lint typecheck
 	$(BIN)/pytest -q
 
 # Not part of `make test`: timings depend on the machine. SOAK_ARGS / BENCH_ARGS pass options through.

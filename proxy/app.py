@@ -107,6 +107,8 @@ class Sidecar:
             workspace_url=settings.host,
             ttl=settings.metadata_ttl,
             on_resolve=self.metrics.observe_resolution,
+            # a recreated or deleted endpoint's data-plane token stops refreshing
+            on_change=lambda old: self.credentials.forget(old.url, old.authorization_details),
         )
         self.forwarder = Forwarder(
             self.resolver,

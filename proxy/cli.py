@@ -143,6 +143,9 @@ async def _check(settings: config.Settings) -> int:
                 source = sidecar.credentials.for_target(resolution.url, resolution.authorization_details, label=name)
                 await source.get()
                 kind = "route-optimized" if resolution.route_optimized else "plain"
+                if resolution.ready != "READY":
+                    failed = True
+                    kind += f" (state {resolution.ready or 'unknown'}, not READY)"
                 rows.append((name, kind, _host(resolution.url), _expiry(source.expires_at)))
             except SidecarError as error:
                 failed = True

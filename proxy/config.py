@@ -277,34 +277,19 @@ def _read_profile(name: str | None, home: Path) -> Mapping[str, str]:
 
 def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str, str]) -> Settings:
     host = _normalize_host(raw["host"] or profile.get("host"))
-    client_id = raw["client_id"] or profile.get("client_id")
+    client_id = _client_id(raw, env, profile)
     secret = env.get("DATABRICKS_CLIENT_SECRET") or profile.get("client_secret")
     secret_file = _existing_file(raw["client_secret_file"], "client-secret-file")
+    token_file = _existing_file(raw["token_file"], "token-file")
     auth = raw["auth"]
-    if not client_id:
-        if env.get("DATABRICKS_TOKEN") or profile.get("token"):
-            raise ConfigError(
-                "a personal access token (DATABRICKS_TOKEN) cannot be used: route-optimized serving "
-                "endpoints accept Databricks OAuth tokens only. Configure a service principal with "
-                "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (or --client-secret-file)."
-            )
-        raise ConfigError("client-id: set DATABRICKS_CLIENT_ID (the service principal's application id)")
     if auth == "oauth-m2m" and not (secret or secret_file):
         raise ConfigError("client secret: set DATABRICKS_CLIENT_SECRET or --client-secret-file for --auth oauth-m2m")
-    token_file = _existing_file(raw["token_file"], "token-file")
     if auth == "workload-identity" and token_file is None:
         raise ConfigError("token-file: --auth workload-identity needs the projected service-account token file")
-    listens = {key: _address(raw[key], key) for key in ("http_listen", "grpc_listen", "admin_listen")}
-    if not raw["allow_remote_clients"]:
-        for key in ("http_listen", "grpc_listen"):
-            if not listens[key].is_loopback:
-                raise ConfigError(
-                    f"{key.replace('_', '-')}: {listens[key]} is not a loopback address; anyone who can "
-                    "reach it spends the service principal's rights. Pass --allow-remote-clients to accept."
-                )
+    listens = _listen_addresses(raw)
     return Settings(
         host=host,
-        client_id=str(client_id),
+        client_id=client_id,
         client_secret=secret,
         client_secret_file=secret_file,
         auth=auth,
@@ -334,6 +319,32 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         log_level=raw["log_level"],
         access_log=raw["access_log"],
     )
+
+
+def _client_id(raw: Mapping[str, Any], env: Mapping[str, str], profile: Mapping[str, str]) -> str:
+    client_id = raw["client_id"] or profile.get("client_id")
+    if client_id:
+        return str(client_id)
+    if env.get("DATABRICKS_TOKEN") or profile.get("token"):
+        raise ConfigError(
+            "a personal access token (DATABRICKS_TOKEN) cannot be used: route-optimized serving "
+            "endpoints accept Databricks OAuth tokens only. Configure a service principal with "
+            "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (or --client-secret-file)."
+        )
+    raise ConfigError("client-id: set DATABRICKS_CLIENT_ID (the service principal's application id)")
+
+
+def _listen_addresses(raw: Mapping[str, Any]) -> dict[str, Address]:
+    """The three listen addresses; HTTP and gRPC must be loopback unless remote clients are allowed."""
+    listens = {key: _address(raw[key], key) for key in ("http_listen", "grpc_listen", "admin_listen")}
+    if not raw["allow_remote_clients"]:
+        for key in ("http_listen", "grpc_listen"):
+            if not listens[key].is_loopback:
+                raise ConfigError(
+                    f"{key.replace('_', '-')}: {listens[key]} is not a loopback address; anyone who can "
+                    "reach it spends the service principal's rights. Pass --allow-remote-clients to accept."
+                )
+    return listens
 
 
 def _normalize_host(value: str | None) -> str:

@@ -1,9 +1,14 @@
 """Endpoint resolution: name -> (invocation URL, authorization details, route-optimized?), cached.
 
-Resolutions come from `GET /api/2.0/serving-endpoints/{name}` and are cached for `ttl` seconds; unknown
-names are cached for `NEGATIVE_TTL` so a caller looping on a typo does not flood the workspace API.
-One lookup per name at a time. `invalidate(name)` forgets a resolution (the endpoint answered 404 or was
-recreated). `parse_resolution` is pure.
+Rules:
+1. Resolutions come from `GET /api/2.0/serving-endpoints/{name}`; one lookup per name at a time.
+2. A resolution older than `ttl` is still served while a background lookup refreshes it (refresh
+   ahead), so no request waits on the workspace API for a known name, and a workspace outage does not
+   stop data-plane traffic. A failed refresh is tried again after `RETRY_AFTER_FAILURE` seconds.
+3. Unknown names are cached for `NEGATIVE_TTL`, so a caller looping on a typo does not flood the API.
+4. `recheck` (after a data-plane 403/404) looks the name up now, rate-limited per name, to find a
+   recreated endpoint; `on_change(old)` runs whenever a name's resolution changes or disappears.
+`parse_resolution` is pure.
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 from multidict import CIMultiDict
 
-from proxy.errors import EndpointNotFound, UpstreamUnreachable, WorkspaceRefused
+from proxy.errors import EndpointNotFound, SidecarError, UpstreamUnreachable, WorkspaceRefused
 
 NEGATIVE_TTL = 10.0
+RETRY_AFTER_FAILURE = 10.0
 RECHECK_INTERVAL = 5.0  # at most one re-resolution per name this often, however many 403/404 come
 MAX_CACHED = 1024
 
@@ -62,6 +68,12 @@ def parse_resolution(name: str, doc: Mapping[str, Any], workspace_url: str) -> R
 MetadataFetch = Callable[[str], Awaitable[tuple[int, bytes]]]
 
 
+@dataclass
+class _Entry:
+    resolution: Resolution
+    fresh_until: float
+
+
 class Resolver:
     def __init__(
         self,
@@ -71,62 +83,101 @@ class Resolver:
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
         on_resolve: Callable[[str], None] | None = None,
+        on_change: Callable[[Resolution], Awaitable[None]] | None = None,
     ) -> None:
         self._fetch = fetch
         self._workspace_url = workspace_url
-        self._found: TTLCache[str, Resolution] = TTLCache(MAX_CACHED, ttl, timer=clock)
+        self._ttl = ttl
+        self._found: LRUCache[str, _Entry] = LRUCache(MAX_CACHED)
         self._missing: TTLCache[str, EndpointNotFound] = TTLCache(MAX_CACHED, NEGATIVE_TTL, timer=clock)
         self._inflight: dict[str, asyncio.Task[Resolution]] = {}
         self._rechecked: dict[str, float] = {}
         self._clock = clock
         self._on_resolve = on_resolve or (lambda _result: None)
+        self._on_change = on_change
 
     def __repr__(self) -> str:
         return f"Resolver(cached={sorted(self._found)}, missing={sorted(self._missing)})"
 
     def cached(self, name: str) -> Resolution | None:
-        return self._found.get(name)
+        entry = self._found.get(name)
+        return None if entry is None else entry.resolution
 
     async def resolve(self, name: str) -> Resolution:
-        found = self._found.get(name)
-        if found is not None:
-            return found
+        entry = self._found.get(name)
+        if entry is not None:
+            if self._clock() >= entry.fresh_until and name not in self._inflight:
+                self._lookup_task(name)  # refresh ahead; this caller keeps the known resolution (rule 2)
+            return entry.resolution
         missing = self._missing.get(name)
         if missing is not None:
             raise missing
+        return await asyncio.shield(self._lookup_task(name))
+
+    async def recheck(self, stale: Resolution) -> Resolution | None:
+        """A newer resolution than `stale` (the endpoint was recreated), or None if there is none.
+
+        Rate-limited per name, so a persistent 403/404 costs at most one metadata read per interval; callers
+        that come while that read is in flight wait for it. A workspace failure answers None (the caller
+        then returns the upstream's own answer); a deleted endpoint raises EndpointNotFound.
+        """
+        current = self.cached(stale.name)
+        if current is not None and current != stale:
+            return current
+        task = self._inflight.get(stale.name)
+        if task is None:
+            now = self._clock()
+            if now - self._rechecked.get(stale.name, -RECHECK_INTERVAL) < RECHECK_INTERVAL:
+                return None
+            self._rechecked[stale.name] = now
+            task = self._lookup_task(stale.name)
+        try:
+            fresh = await asyncio.shield(task)
+        except EndpointNotFound:
+            raise
+        except SidecarError:
+            return None
+        return None if fresh == stale else fresh
+
+    def _lookup_task(self, name: str) -> asyncio.Task[Resolution]:
         task = self._inflight.get(name)
         if task is None:
             task = self._inflight[name] = asyncio.get_running_loop().create_task(self._lookup(name))
-            task.add_done_callback(lambda _t: self._inflight.pop(name, None))
-        return await asyncio.shield(task)
+            task.add_done_callback(self._lookup_done(name))
+        return task
 
-    def invalidate(self, name: str) -> None:
-        self._found.pop(name, None)
+    def _lookup_done(self, name: str) -> Callable[[asyncio.Task[Resolution]], None]:
+        def done(task: asyncio.Task[Resolution]) -> None:
+            self._inflight.pop(name, None)
+            if not task.cancelled():
+                task.exception()  # a background refresh's failure is handled in _lookup; nobody else awaits it
 
-    async def recheck(self, stale: Resolution) -> Resolution | None:
-        """A newer resolution than `stale` (the endpoint was recreated), or None if it is unchanged.
-
-        Rate-limited per name, so a persistent 403/404 costs at most one metadata read per interval; callers
-        that come while that read is in flight wait for it.
-        """
-        current = self._found.get(stale.name)
-        if current is not None and current != stale:
-            return current
-        now = self._clock()
-        if now - self._rechecked.get(stale.name, -RECHECK_INTERVAL) < RECHECK_INTERVAL:
-            # Another caller's recheck may still be looking the name up: share its answer rather than
-            # hand this caller the old host's 403/404.
-            task = self._inflight.get(stale.name)
-            if task is None:
-                return None
-            fresh = await asyncio.shield(task)
-            return None if fresh == stale else fresh
-        self._rechecked[stale.name] = now
-        self.invalidate(stale.name)
-        fresh = await self.resolve(stale.name)
-        return None if fresh == stale else fresh
+        return done
 
     async def _lookup(self, name: str) -> Resolution:
+        try:
+            resolution = await self._read(name)
+        except EndpointNotFound:
+            old = self._found.pop(name, None)
+            if old is not None:
+                await self._changed(old.resolution)
+            raise
+        except Exception:
+            entry = self._found.get(name)
+            if entry is not None:
+                entry.fresh_until = self._clock() + RETRY_AFTER_FAILURE
+            raise
+        old = self._found.get(name)
+        self._found[name] = _Entry(resolution, self._clock() + self._ttl)
+        if old is not None and old.resolution != resolution:
+            await self._changed(old.resolution)
+        return resolution
+
+    async def _changed(self, old: Resolution) -> None:
+        if self._on_change is not None:
+            await self._on_change(old)
+
+    async def _read(self, name: str) -> Resolution:
         try:
             status, body = await self._fetch(name)
         except Exception:
@@ -144,10 +195,8 @@ class Resolver:
         if status != 200 or not isinstance(doc, dict):
             self._on_resolve("error")
             raise UpstreamUnreachable(f"workspace API answered HTTP {status} for endpoint '{name}'")
-        resolution = parse_resolution(name, doc, self._workspace_url)
-        self._found[name] = resolution
         self._on_resolve("success")
-        return resolution
+        return parse_resolution(name, doc, self._workspace_url)
 
 
 class TokenSource(Protocol):

@@ -2,7 +2,7 @@
 
 Rules:
 1. The body is bytes, never parsed; over MAX_BODY_BYTES it is refused before anything is sent.
-2. Requests beyond the in-flight bounds are shed at once (`admission`).
+2. Requests beyond the in-flight bounds are shed at once: fronts hold `admit()` from before reading the body.
 3. The caller's Authorization and hop-by-hop headers are dropped; the sidecar's bearer token is set.
 4. An upstream 401 invalidates the token, mints a new one and sends once more.
 5. An upstream 403/404 from a route-optimized endpoint re-resolves the name (rate-limited); if the
@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -27,7 +29,7 @@ from proxy import retries
 from proxy.admission import Admission
 from proxy.config import MAX_BODY_BYTES
 from proxy.credentials.sources import Credentials
-from proxy.endpoints import Resolution, Resolver
+from proxy.endpoints import Resolution, Resolver, TokenSource
 from proxy.errors import BodyTooLarge, ConnectFailed, StaleConnection, UpstreamTimeout
 from proxy.routing import invocation_url
 from proxy.upstream import Reply, Upstream
@@ -56,6 +58,7 @@ class Invocation:
     served_model: str | None = None
     headers: Iterable[tuple[str, str]] = field(default=())  # the caller's headers, as received
     request_id: str | None = None  # sent upstream as X-Request-Id (replacing the caller's, if any)
+    deadline: float | None = None  # time.monotonic() by which the caller wants its answer (gRPC deadline)
 
 
 @dataclass(frozen=True)
@@ -152,68 +155,94 @@ class Forwarder:
     def __repr__(self) -> str:
         return f"Forwarder({self._resolver!r}, {self._upstream!r}, {self.admission!r})"
 
+    @contextlib.contextmanager
+    def admit(self, endpoint: str) -> Iterator[None]:
+        """A slot for one request, or Overloaded at once. Fronts take it before reading the request body
+        (so bodies in memory are bounded too) and hold it until the reply is closed."""
+        with self.admission.slot(endpoint):
+            yield
+
     @contextlib.asynccontextmanager
     async def invoke(self, call: Invocation) -> AsyncIterator[Reply]:
         """The upstream reply to `call`, its body still streaming; closed when the block exits."""
         if len(call.body) > MAX_BODY_BYTES:
             raise BodyTooLarge(f"request body is {len(call.body)} bytes; the limit is {MAX_BODY_BYTES}")
-        with self.admission.slot(call.endpoint):
-            reply = await self._send_with_recovery(call)
-            try:
-                yield reply
-            finally:
-                reply.close()
-                self._on_exchange(exchange_of(call.endpoint, reply))
+        reply = await self._send_with_recovery(call)
+        try:
+            yield reply
+        finally:
+            reply.close()
+            self._on_exchange(exchange_of(call.endpoint, reply))
 
     async def _send_with_recovery(self, call: Invocation) -> Reply:
         resolution = await self._resolver.resolve(call.endpoint)
         progress = _Progress()
         while True:
-            # A retry after a wait uses the newest resolution: the endpoint may have been recreated meanwhile,
-            # and the old one's token forgotten (asking for it again would fail and leak a refresh loop).
+            # A retry after a wait uses the newest resolution: the endpoint may have been recreated meanwhile.
             resolution = self._resolver.cached(call.endpoint) or resolution
             source = self._credentials.for_target(
                 resolution.url, resolution.authorization_details, label=resolution.name
             )
             access_token = await source.get()
+            reply = await self._attempt(resolution, call, access_token, progress)
+            if reply is None:
+                continue
             try:
-                reply = await self._send(resolution, call, access_token, fresh=progress.fresh)
-            except StaleConnection:
-                if progress.fresh:
-                    raise
-                progress.fresh = True
-                self._on_retry(call.endpoint, "stale_connection")
-                continue
-            except (ConnectFailed, UpstreamTimeout) as failure:
-                kind = "connect" if isinstance(failure, ConnectFailed) else "timeout"
-                if not await self._wait_for_retry(call.endpoint, progress, failure=kind):
-                    raise
-                continue
-            if reply.status == 401 and not progress.reauthenticated:
-                progress.reauthenticated = True
+                retry_with = await self._recover(reply, resolution, call, progress, source, access_token)
+            except BaseException:
                 reply.close()
-                source.invalidate(access_token)
-                self._on_retry(call.endpoint, "unauthorized")
-                continue
-            if reply.status in (403, 404) and resolution.route_optimized and not progress.reresolved:
-                progress.reresolved = True
-                fresh = await self._resolver.recheck(resolution)
-                if fresh is not None:
-                    reply.close()
-                    await self._credentials.forget(resolution.url, resolution.authorization_details)
-                    resolution = fresh
-                    self._on_retry(call.endpoint, "endpoint_recreated")
-                    continue
-            retry_after = reply.headers.get("Retry-After")
-            if await self._wait_for_retry(
-                call.endpoint, progress, status=reply.status, retry_after=retry_after, reply=reply
-            ):
-                continue
-            return reply
+                raise
+            if retry_with is None:
+                return reply
+            reply.close()
+            resolution = retry_with
+
+    async def _attempt(
+        self, resolution: Resolution, call: Invocation, access_token: str, progress: _Progress
+    ) -> Reply | None:
+        """One send; None when it failed in a way that is retried (rules 6 and 7)."""
+        try:
+            return await self._send(resolution, call, access_token, fresh=progress.fresh)
+        except StaleConnection:
+            if progress.fresh:
+                raise
+            progress.fresh = True
+            self._on_retry(call.endpoint, "stale_connection")
+        except (ConnectFailed, UpstreamTimeout) as failure:
+            kind = "connect" if isinstance(failure, ConnectFailed) else "timeout"
+            if not await self._wait_for_retry(call, progress, failure=kind):
+                raise
+        return None
+
+    async def _recover(
+        self,
+        reply: Reply,
+        resolution: Resolution,
+        call: Invocation,
+        progress: _Progress,
+        source: TokenSource,
+        access_token: str,
+    ) -> Resolution | None:
+        """None to hand `reply` to the caller, or the resolution to send again with (rules 4, 5 and 7)."""
+        if reply.status == 401 and not progress.reauthenticated:
+            progress.reauthenticated = True
+            source.invalidate(access_token)
+            self._on_retry(call.endpoint, "unauthorized")
+            return resolution
+        if reply.status in (403, 404) and resolution.route_optimized and not progress.reresolved:
+            progress.reresolved = True
+            fresh = await self._resolver.recheck(resolution)
+            if fresh is not None:
+                self._on_retry(call.endpoint, "endpoint_recreated")
+                return fresh
+        retry_after = reply.headers.get("Retry-After")
+        if await self._wait_for_retry(call, progress, status=reply.status, retry_after=retry_after, reply=reply):
+            return resolution
+        return None
 
     async def _wait_for_retry(
         self,
-        endpoint: str,
+        call: Invocation,
         progress: _Progress,
         *,
         status: int | None = None,
@@ -221,9 +250,17 @@ class Forwarder:
         retry_after: str | None = None,
         reply: Reply | None = None,
     ) -> bool:
-        """Apply the retry policy; if it says retry, release `reply`, wait and return True."""
+        """Apply the retry policy; if it says retry, release `reply`, wait and return True.
+
+        With a caller deadline, waits never run past it: the upstream's own answer goes back instead.
+        """
+        policy = self._policy
+        if call.deadline is not None:
+            left = call.deadline - time.monotonic()
+            policy = dataclasses.replace(policy, budget=min(policy.budget, progress.waited + left))
+        endpoint = call.endpoint
         decision = retries.decide(
-            self._policy,
+            policy,
             endpoint=endpoint,
             attempt=progress.attempt,
             waited=progress.waited,

@@ -45,9 +45,10 @@ def backoff(attempt: int, jitter: float) -> float:
 
 def parse_retry_after(value: str | None) -> int | None:
     """An integer Retry-After in seconds; HTTP dates and junk are ignored (None)."""
-    if value is None or not value.strip().isdigit():
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()):
         return None
-    return int(value.strip())
+    return int(text)
 
 
 def decide(

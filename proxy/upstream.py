@@ -14,7 +14,7 @@ import ssl
 import time
 import types
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -82,11 +82,20 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+# A reused connection that fails this soon after the request went out was dead before it was used
+# (the server closed it while idle). A later failure may come after the model ran: never stale then.
+STALE_WINDOW = 1.0
+
+
 @dataclass
 class _Attempt:
-    """Per-request trace context: did this request go out on a reused pooled connection?"""
+    """Per-request trace context: did this request go out on a reused pooled connection, and when?"""
 
     reused: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def looks_stale(self) -> bool:
+        return self.reused and time.perf_counter() - self.started < STALE_WINDOW
 
 
 @contextlib.contextmanager
@@ -95,12 +104,14 @@ def translate_errors(url: str, attempt: _Attempt | None = None) -> Iterator[None
     host = urlsplit(url).netloc
     try:
         yield
+    except aiohttp.ConnectionTimeoutError as exc:  # before TimeoutError, of which it is a subclass
+        raise ConnectFailed(f"cannot connect to upstream {host}: handshake timed out") from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"upstream {host} did not answer in time") from exc
     except aiohttp.ClientConnectorError as exc:
         raise ConnectFailed(f"cannot connect to upstream {host}: {exc.strerror or exc}") from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        if attempt is not None and attempt.reused:
+        if attempt is not None and attempt.looks_stale():
             raise StaleConnection(f"pooled connection to {host} was closed by the server") from exc
         raise UpstreamUnreachable(f"upstream {host} closed the connection: {type(exc).__name__}") from exc
     except aiohttp.ClientError as exc:
@@ -224,7 +235,8 @@ class Pool:
         """Send and wait for the response headers (bounded by the first-byte timeout).
 
         `fresh=True` uses a new connection instead of a pooled one. A reset on a reused connection before
-        any response byte raises StaleConnection, which the caller may retry with `fresh=True`.
+        any response byte, within STALE_WINDOW of sending, raises StaleConnection, which the caller may retry
+        with `fresh=True`.
         """
         session = self._fresh_session() if fresh else self._session
         attempt = _Attempt()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 
 from proxy.credentials import schedule
 from proxy.errors import NoCredential, TokenError
+
+log = logging.getLogger("serving_sidecar")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,14 @@ class RefreshingToken:
             # that request's id (contextvars are copied into new tasks).
             self._loop_task = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
 
+    async def stop_refreshing(self) -> None:
+        """Stop the background loop; a fetch in flight finishes for whoever waits on it (bounded by its timeout)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+
     async def close(self) -> None:
         for task in (self._loop_task, self._inflight):
             if task is not None:
@@ -158,21 +169,31 @@ class RefreshingToken:
         try:
             token = await self._fetch()
         except TokenError as exc:
-            self._failures += 1
-            self.last_error = exc
-            now = self._clock()
-            self._retry_at = now + schedule.backoff(self._failures, configuration_error=exc.is_configuration_error)
-            if self._token is not None and schedule.is_usable(now, self._token.expires_at):
-                # Invariant 3 of `schedule`: never back off past the moment the current token stops being
-                # usable, or callers get 503 inside the backoff although the token server is back.
-                self._retry_at = min(self._retry_at, self._token.expires_at - schedule.UNUSABLE_MARGIN)
-            self._observer(FetchOutcome(self.kind, self.label, False, self.expires_at, exc.error))
+            self._record_failure(exc)
             raise
+        except Exception as exc:
+            # A bug or an unexpected library error: logged, then counted and backed off like any failure,
+            # so the refresh loop lives on and callers get a 503, not a traceback.
+            log.exception("%s token fetch failed unexpectedly", self.kind)
+            error = TokenError("internal_error", f"unexpected {type(exc).__name__} while fetching a token")
+            self._record_failure(error)
+            raise error from exc
         finally:
             self._inflight = None
         self._token, self._failures, self.last_error = token, 0, None
         self._observer(FetchOutcome(self.kind, self.label, True, token.expires_at, None))
         return token
+
+    def _record_failure(self, exc: TokenError) -> None:
+        self._failures += 1
+        self.last_error = exc
+        now = self._clock()
+        self._retry_at = now + schedule.backoff(self._failures, configuration_error=exc.is_configuration_error)
+        if self._token is not None and schedule.is_usable(now, self._token.expires_at):
+            # Invariant 3 of `schedule`: never back off past the moment the current token stops being
+            # usable, or callers get 503 inside the backoff although the token server is back.
+            self._retry_at = min(self._retry_at, self._token.expires_at - schedule.UNUSABLE_MARGIN)
+        self._observer(FetchOutcome(self.kind, self.label, False, self.expires_at, exc.error))
 
     def _no_credential(self, now: float) -> NoCredential:
         error = self.last_error
@@ -204,7 +225,7 @@ class TokenCache:
     async def discard(self, key: Hashable) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            await entry.close()
+            await entry.stop_refreshing()  # requests already waiting on its fetch still get their answer
 
     def values(self) -> list[RefreshingToken]:
         return list(self._entries.values())

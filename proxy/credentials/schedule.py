@@ -6,7 +6,9 @@ Invariants:
 2. A background refresh starts at `expires_at - lead`, where
    `lead = max(min(ttl / 2, 20 min), UNUSABLE_MARGIN + REFRESH_ALLOWANCE)`: with long tokens half the
    lifetime decides, with short ones the unusable margin plus the time a refresh may take, so a request
-   never finds the token unusable while the refresh runs.
+   never finds the token unusable while the refresh runs. It never starts sooner than
+   MIN_REFRESH_INTERVAL after the token was obtained: a server handing out very short tokens is not
+   asked again in a loop.
 3. After a failed refresh the next try waits `backoff(failures)`: exponential from 1 s, capped at 60 s
    (300 s for configuration errors such as `invalid_client`), and never past the point where the current
    token stops being usable unless it already has.
@@ -19,6 +21,7 @@ import random
 UNUSABLE_MARGIN = 40.0
 REFRESH_ALLOWANCE = 15.0
 MAX_LEAD = 20 * 60.0
+MIN_REFRESH_INTERVAL = 5.0  # even tokens too short-lived to follow the rules are not re-fetched in a loop
 BACKOFF_START = 1.0
 BACKOFF_CAP = 60.0
 CONFIG_ERROR_BACKOFF = 300.0
@@ -31,7 +34,7 @@ def lead(ttl: float) -> float:
 
 def refresh_at(obtained_at: float, expires_at: float) -> float:
     """The moment the background refresh of a token obtained at `obtained_at` should start."""
-    return max(obtained_at, expires_at - lead(expires_at - obtained_at))
+    return max(obtained_at + MIN_REFRESH_INTERVAL, expires_at - lead(expires_at - obtained_at))
 
 
 def is_usable(now: float, expires_at: float) -> bool:

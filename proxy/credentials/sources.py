@@ -22,8 +22,9 @@ def secret_from_file(path: Path) -> Callable[[], asyncio.Future[str]]:
     def read() -> str:
         try:
             return path.read_text().strip()
-        except OSError as exc:
-            raise TokenError("invalid_client", f"cannot read client secret file {path}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise TokenError("invalid_client", f"cannot read client secret file {path}: {reason}") from None
 
     return lambda: asyncio.ensure_future(asyncio.to_thread(read))
 
@@ -63,8 +64,9 @@ def workload_identity_fetch(oauth: OAuthClient, token_file: Path, *, audience: s
     def read() -> str:
         try:
             token = token_file.read_text().strip()
-        except OSError as exc:
-            raise TokenError("invalid_request", f"cannot read token file {token_file}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise TokenError("invalid_request", f"cannot read token file {token_file}: {reason}") from None
         if audience is not None:
             check_audience(token, audience, token_file)
         return token

@@ -38,7 +38,7 @@ from typing import Any
 import grpc
 from grpc_reflection.v1alpha import reflection
 
-from proxy import routing
+from proxy import logs, routing
 from proxy._proto.servingsidecar.v1 import serving_proxy_pb2 as pb
 from proxy._proto.servingsidecar.v1 import serving_proxy_pb2_grpc as pb_grpc
 from proxy.config import MAX_BODY_BYTES, Address
@@ -138,7 +138,9 @@ def passed_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> list[tuple[s
     ]
 
 
-def invocation_for(request: pb.InvokeRequest, metadata: Iterable[tuple[str, str | bytes]]) -> Invocation:
+def invocation_for(
+    request: pb.InvokeRequest, metadata: Iterable[tuple[str, str | bytes]], *, time_remaining: float | None = None
+) -> Invocation:
     """The Invocation for a request, or InvalidRequest naming the field at fault."""
     if not request.endpoint:
         raise InvalidRequest("endpoint is required: the name of the serving endpoint to call")
@@ -156,6 +158,8 @@ def invocation_for(request: pb.InvokeRequest, metadata: Iterable[tuple[str, str 
         body=request.json_body,
         served_model=request.served_model or None,
         headers=passed_metadata(metadata),
+        request_id=logs.request_id(),
+        deadline=None if time_remaining is None else time.monotonic() + time_remaining,
     )
 
 
@@ -205,14 +209,14 @@ def _too_large(what: str, size: int) -> str:
 class _Call:
     """What one call's ending needs to know, filled in as the call goes."""
 
-    request_id: str | None
+    request_id: str
     status: int | str = "error"
 
     def saw(self, reply: Reply) -> None:
         self.request_id = reply.headers.get("x-request-id", self.request_id)
 
     def initial_metadata(self) -> tuple[tuple[str, str], ...]:
-        return () if self.request_id is None else (("x-request-id", self.request_id),)
+        return (("x-request-id", self.request_id),)
 
 
 class ServingProxyService:
@@ -229,7 +233,7 @@ class ServingProxyService:
 
     async def Invoke(self, request: pb.InvokeRequest, context: Any) -> pb.InvokeResponse:
         async with self._call(request.endpoint, context) as call:
-            async with self._forwarder.invoke(invocation_for(request, context.invocation_metadata())) as reply:
+            async with self._forward(request, context) as reply:
                 call.saw(reply)
                 body = await read_bounded(reply)
                 _raise_for_status(reply, body)
@@ -238,10 +242,7 @@ class ServingProxyService:
         raise AssertionError("unreachable: _call ends a failed call by aborting it")
 
     async def InvokeStream(self, request: pb.InvokeRequest, context: Any) -> AsyncIterator[pb.InvokeEvent]:
-        async with (
-            self._call(request.endpoint, context) as call,
-            self._forwarder.invoke(invocation_for(request, context.invocation_metadata())) as reply,
-        ):
+        async with self._call(request.endpoint, context) as call, self._forward(request, context) as reply:
             call.saw(reply)
             if not 200 <= reply.status < 300:
                 _raise_for_status(reply, await read_bounded(reply))
@@ -250,17 +251,27 @@ class ServingProxyService:
                 yield pb.InvokeEvent(data=data)
 
     @contextlib.asynccontextmanager
+    async def _forward(self, request: pb.InvokeRequest, context: Any) -> AsyncIterator[Reply]:
+        """The shared forwarding path, admitted like an HTTP request."""
+        call = invocation_for(request, context.invocation_metadata(), time_remaining=context.time_remaining())
+        with self._forwarder.admit(call.endpoint):
+            async with self._forwarder.invoke(call) as reply:
+                yield reply
+
+    @contextlib.asynccontextmanager
     async def _call(self, endpoint: str, context: Any) -> AsyncIterator[_Call]:
         """Deadline, metrics and the ending of one call: every failure becomes its status (rules 2, 3)."""
         started = time.perf_counter()
         remaining: float | None = context.time_remaining()
-        call = _Call(request_id=_request_id(context.invocation_metadata()))
+        call = _Call(request_id=logs.request_id_from(_request_id(context.invocation_metadata())))
         failure: Failure | None = None
         in_flight = self._metrics.in_flight.labels(front=FRONT)
         in_flight.inc()
         try:
-            async with asyncio.timeout(remaining):
-                yield call
+            # the same request id rules as the HTTP front: honoured or generated, in logs, upstream and back
+            with logs.bound_request_id(call.request_id):
+                async with asyncio.timeout(remaining):
+                    yield call
             call.status = 200
         except _Failed as failed:
             failure = failed.failure

@@ -10,6 +10,7 @@ log context for the whole request, sent upstream, and returned on the response.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ from proxy.errors import BodyTooLarge, EndpointNotFound, MethodNotAllowed, Sidec
 from proxy.forwarding import Forwarder, Invocation, downstream_headers
 from proxy.metrics import Metrics
 
+log = logging.getLogger("serving_sidecar")
 FRONT = "http"
 LabelFor = Callable[[str], str]
 
@@ -95,19 +97,22 @@ class HttpFront:
     async def _serve(self, request: web.Request, route: routing.Route | None, request_id: str) -> web.StreamResponse:
         response: web.StreamResponse | None = None
         try:
-            call = await self._invocation(request, route, request_id)
-            async with self._forwarder.invoke(call) as reply:
-                headers = _reply_headers(downstream_headers(reply.headers), request_id)
-                response = web.StreamResponse(status=reply.status, headers=headers)
-                length = reply.headers.get("Content-Length")
-                if length is not None and length.isdigit():
-                    response.content_length = int(length)
-                await response.prepare(request)
-                async for chunk in reply.chunks():
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
-        except SidecarError as error:
+            endpoint = _checked_endpoint(request, route)
+            with self._forwarder.admit(endpoint):  # before the body is read: bounded memory
+                call = await self._invocation(request, route, request_id)
+                async with self._forwarder.invoke(call) as reply:
+                    headers = _reply_headers(downstream_headers(reply.headers), request_id)
+                    response = web.StreamResponse(status=reply.status, headers=headers)
+                    length = reply.headers.get("Content-Length")
+                    if length is not None and length.isdigit():
+                        response.content_length = int(length)
+                    await response.prepare(request)
+                    async for chunk in reply.chunks():
+                        await response.write(chunk)
+                    await response.write_eof()
+                    return response
+        except Exception as exc:
+            error = exc if isinstance(exc, SidecarError) else _internal_error(exc)
             if response is None or not response.prepared:
                 return error_response(error, request_id)
             # Headers already went out: cut the connection so the caller sees a broken answer, not a short one.
@@ -115,17 +120,9 @@ class HttpFront:
                 request.transport.close()
             return response
 
-    async def _invocation(self, request: web.Request, route: routing.Route | None, request_id: str) -> Invocation:
-        if route is None:
-            raise EndpointNotFound(
-                "no such route: use POST /serving-endpoints/<endpoint_name>/invocations or "
-                "/serving-endpoints/<endpoint_name>/served-models/<served_model_name>/invocations"
-            )
-        if request.method != "POST":
-            raise MethodNotAllowed(f"method {request.method} not allowed: invocations take POST")
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            raise BodyTooLarge(f"request body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
-        self._forwarder.admission.check(route.endpoint)  # shed before reading the body: bounded memory
+    @staticmethod
+    async def _invocation(request: web.Request, route: routing.Route | None, request_id: str) -> Invocation:
+        assert route is not None  # _checked_endpoint passed
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -137,3 +134,23 @@ class HttpFront:
             headers=request.headers.items(),
             request_id=request_id,
         )
+
+
+def _checked_endpoint(request: web.Request, route: routing.Route | None) -> str:
+    """The endpoint of an acceptable request, judged from its line and headers alone (no body read)."""
+    if route is None:
+        raise EndpointNotFound(
+            "no such route: use POST /serving-endpoints/<endpoint_name>/invocations or "
+            "/serving-endpoints/<endpoint_name>/served-models/<served_model_name>/invocations"
+        )
+    if request.method != "POST":
+        raise MethodNotAllowed(f"method {request.method} not allowed: invocations take POST")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"request body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
+    return route.endpoint
+
+
+def _internal_error(exc: Exception) -> SidecarError:
+    """A bug, not a condition: logged with its traceback here, answered as a Databricks-shaped 500."""
+    log.exception("internal error while serving a request")
+    return SidecarError(f"internal error in serving-sidecar ({type(exc).__name__}); see its log")

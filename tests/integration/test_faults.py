@@ -208,9 +208,11 @@ async def test_a_call_waiting_out_a_429_while_its_endpoint_is_recreated_retries_
 
 
 async def test_token_outage_shorter_than_token_life_is_invisible(
-    emu: Emulator, make_sidecar: SidecarFactory, client: aiohttp.ClientSession
+    emu: Emulator, make_sidecar: SidecarFactory, client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 50 s tokens: refresh is due at once (lead 55 s) and they stay usable for 10 s.
+    # 50 s tokens: refresh is due at once (lead 55 s; the minimum interval shortened for the test) and they
+    # stay usable for 10 s.
+    monkeypatch.setattr("proxy.credentials.schedule.MIN_REFRESH_INTERVAL", 0.2)
     emu.faults.cp_token_ttl = emu.faults.dp_token_ttl = 50.0
     async with make_sidecar(endpoint=["fraud-ro"]) as sidecar:
         emu.faults.token_outage = True

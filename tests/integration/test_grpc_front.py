@@ -299,3 +299,15 @@ async def test_a_taken_grpc_port_fails_the_start(emu: Emulator, sidecar: Sidecar
             await second.start()  # fails instead of silently sharing the port (SO_REUSEPORT is off)
     finally:
         await second.stop()
+
+
+async def test_a_retry_wait_longer_than_the_deadline_returns_the_upstreams_429(
+    emu: Emulator, stub: pb_grpc.ServingProxyStub
+) -> None:
+    emu.fail_next(1, 429, retry_after=5, endpoint="fraud-ro")  # within the 10 s retry budget, not the deadline
+    error = await failed(stub.Invoke(pb.InvokeRequest(endpoint="fraud-ro", json_body=BODY), timeout=2))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert trailers(error)["retry-after"] == "5"
+    emu.fail_next(1, 429, retry_after=1, endpoint="fraud-ro")  # fits the deadline: waited and retried
+    answer = await stub.Invoke(pb.InvokeRequest(endpoint="fraud-ro", json_body=BODY), timeout=5)
+    assert json.loads(answer.json_body) == {"predictions": [3.5, 9]}

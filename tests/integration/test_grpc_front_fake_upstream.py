@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -54,6 +54,10 @@ class FakeForwarder:
     reply: FakeReply = field(default_factory=FakeReply)
     error: SidecarError | None = None
     calls: list[Invocation] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def admit(self, endpoint: str) -> Iterator[None]:
+        yield
 
     @contextlib.asynccontextmanager
     async def invoke(self, call: Invocation) -> AsyncIterator[FakeReply]:

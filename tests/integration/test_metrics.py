@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
@@ -11,8 +12,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import grpc
 
 from proxy import __version__
+from proxy._proto.servingsidecar.v1 import serving_proxy_pb2 as pb
+from proxy._proto.servingsidecar.v1 import serving_proxy_pb2_grpc as pb_grpc
 from proxy.app import Sidecar
 from proxy.emulator import Emulator
 from proxy.metrics import UNRESOLVED
@@ -21,9 +25,10 @@ from tests.integration.conftest import SidecarFactory, url
 RECORDS = {"dataframe_records": [{"a": 1}]}
 PROMETHEUS_START = 30.0  # seconds for Prometheus to start and scrape; every wait below is bounded
 
-# How a test sends one call through a front: (sidecar, endpoint name) -> status code. The gRPC front adds
-# itself here once it is merged; every count below is asserted per front.
+# How a test sends one call through a front: (sidecar, endpoint name) -> HTTP-equivalent status code.
+# Every count below is asserted per front.
 Call = Callable[[Sidecar, str], Awaitable[int]]
+HTTP_STATUS_OF = {grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.NOT_FOUND: 404}
 
 
 def http_call(session: aiohttp.ClientSession) -> Call:
@@ -31,6 +36,19 @@ def http_call(session: aiohttp.ClientSession) -> Call:
         async with session.post(url(sidecar, f"/serving-endpoints/{endpoint}/invocations"), json=RECORDS) as resp:
             await resp.read()
             return resp.status
+
+    return call
+
+
+def grpc_call() -> Call:
+    async def call(sidecar: Sidecar, endpoint: str) -> int:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port('grpc')}") as channel:
+            stub = pb_grpc.ServingProxyStub(channel)
+            try:
+                await stub.Invoke(pb.InvokeRequest(endpoint=endpoint, json_body=json.dumps(RECORDS).encode()))
+            except grpc.aio.AioRpcError as error:
+                return HTTP_STATUS_OF[error.code()]
+            return 200
 
     return call
 
@@ -49,7 +67,7 @@ def need(tool: str) -> str:
 async def test_counters_and_histograms_match_the_traffic_sent(
     emu: Emulator, make_sidecar: SidecarFactory, client: aiohttp.ClientSession
 ) -> None:
-    fronts = {"http": http_call(client)}
+    fronts = {"http": http_call(client), "grpc": grpc_call()}
     ok_calls, failed_calls = 5, 2
     async with make_sidecar(endpoint=["fraud-ro"]) as sidecar:
         for front, call in fronts.items():

@@ -8,6 +8,7 @@ import json
 import time
 
 import aiohttp
+import pytest
 import requests
 from yarl import URL
 
@@ -191,3 +192,20 @@ async def test_admin_endpoints(sidecar: Sidecar, client: aiohttp.ClientSession) 
         text = await resp.text()
     assert "serving_sidecar_token_fetches_total" in text
     assert "serving_sidecar_build_info" in text
+
+
+async def test_a_bug_is_a_databricks_shaped_500_and_the_sidecar_keeps_serving(
+    sidecar: Sidecar, client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(call: object) -> None:
+        raise RuntimeError("a bug")
+
+    original = sidecar.forwarder._send_with_recovery
+    monkeypatch.setattr(sidecar.forwarder, "_send_with_recovery", broken)
+    async with client.post(url(sidecar, "/serving-endpoints/fraud-ro/invocations"), json=RECORDS) as resp:
+        assert resp.status == 500
+        body = await resp.json()
+    assert body["error_code"] == "INTERNAL_ERROR" and "RuntimeError" in body["message"]
+    monkeypatch.setattr(sidecar.forwarder, "_send_with_recovery", original)
+    async with client.post(url(sidecar, "/serving-endpoints/fraud-ro/invocations"), json=RECORDS) as resp:
+        assert resp.status == 200

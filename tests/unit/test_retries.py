@@ -45,3 +45,4 @@ def test_backoff_is_capped_and_retry_after_parsing_ignores_dates() -> None:
     assert parse_retry_after(" 7 ") == 7
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
     assert parse_retry_after(None) is None
+    assert parse_retry_after("²") is None  # a digit to str.isdigit, not to int()

@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from proxy.credentials.cache import FetchOutcome, RefreshingToken, Token
+from proxy.credentials.cache import FetchOutcome, RefreshingToken, Token, TokenCache
 from proxy.errors import NoCredential, TokenError
 
 
@@ -111,11 +111,12 @@ async def test_invalidate_forces_a_new_token_only_for_the_rejected_one() -> None
     assert await token.get() == "tok-2"
 
 
-async def test_background_loop_refreshes_ahead_of_expiry() -> None:
+async def test_background_loop_refreshes_ahead_of_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy.credentials.schedule.MIN_REFRESH_INTERVAL", 0.1)
     server = FakeTokenServer(Clock(), ttl=50)
     server.clock = __import__("time").time  # real time: the loop really sleeps
     token = RefreshingToken(server.fetch, kind="workspace")
-    # a 50 s token refreshes at once (lead is 55 s), so the loop fetches twice almost immediately
+    # a 50 s token is due at once (lead is 55 s): the loop fetches again after the minimum interval
     token.start()
     try:
         for _ in range(100):
@@ -150,3 +151,36 @@ async def test_retry_after_a_failed_refresh_comes_before_the_token_becomes_unusa
     server.error = None
     assert clock.now == usable_until
     assert await token.get() == "tok-6"  # fetched now, not refused inside a backoff
+
+
+async def test_short_tokens_are_not_refetched_in_a_loop() -> None:
+    clock = Clock()
+    server = FakeTokenServer(clock, ttl=30)  # never usable by the rules
+    token = make(server, clock)
+    await token._refresh()
+    assert token.next_refresh_delay() == pytest.approx(5.0)
+
+
+async def test_an_unexpected_error_is_a_token_error_and_backed_off() -> None:
+    clock = Clock()
+
+    async def broken() -> Token:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    token = RefreshingToken(broken, kind="workspace", clock=clock)
+    with pytest.raises(NoCredential, match="internal_error"):
+        await token.get()
+    assert token.last_error is not None and token.next_refresh_delay() > 0
+
+
+async def test_discarding_an_entry_does_not_cancel_its_waiters() -> None:
+    clock = Clock()
+    server = FakeTokenServer(clock)
+    server.gate = asyncio.Event()
+    cache = TokenCache()
+    entry = cache.get_or_create("k", lambda: make(server, clock))
+    waiter = asyncio.create_task(entry.get())
+    await asyncio.sleep(0.01)
+    await cache.discard("k")
+    server.gate.set()
+    assert await waiter == "tok-1"
