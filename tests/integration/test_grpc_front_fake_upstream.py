@@ -22,6 +22,7 @@ from proxy.downstream.grpc import GrpcFront
 from proxy.errors import NoCredential, SidecarError
 from proxy.forwarding import Invocation
 from proxy.metrics import Metrics
+from tests.unit.test_grpc_mapping import ISSUE_TABLE
 
 
 @dataclass
@@ -94,20 +95,7 @@ async def harness() -> AsyncIterator[Harness]:
 
 REQUEST = pb.InvokeRequest(endpoint="fraud-ro", json_body=b'{"inputs": [1]}')
 
-STATUS_TABLE = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    500: grpc.StatusCode.INTERNAL,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    502: grpc.StatusCode.UNAVAILABLE,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
+STATUS_TABLE = ISSUE_TABLE  # the issue's mapping, kept once in the unit test
 
 
 @pytest.mark.parametrize("method", ["Invoke", "InvokeStream"])
