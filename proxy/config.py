@@ -12,7 +12,7 @@ import configparser
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -159,7 +159,6 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     access_log: bool = False
-    source: str = field(default="", compare=False)
 
     def __repr__(self) -> str:
         secret = "set" if self.client_secret else "unset"

@@ -297,9 +297,6 @@ class Upstream:
             )
         return pool
 
-    def pools(self) -> list[Pool]:
-        return list(self._pools.values())
-
     def stats(self) -> list[PoolStats]:
         """Every pool's connection counts now (read at scrape time by the metrics collector)."""
         return [pool.stats() for pool in self._pools.values()]

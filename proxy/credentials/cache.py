@@ -212,9 +212,6 @@ class TokenCache:
     def __repr__(self) -> str:
         return f"TokenCache(entries={len(self._entries)})"
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def get_or_create(self, key: Hashable, create: Callable[[], RefreshingToken]) -> RefreshingToken:
         entry = self._entries.get(key)
         if entry is None:
@@ -226,9 +223,6 @@ class TokenCache:
         entry = self._entries.pop(key, None)
         if entry is not None:
             await entry.stop_refreshing()  # requests already waiting on its fetch still get their answer
-
-    def values(self) -> list[RefreshingToken]:
-        return list(self._entries.values())
 
     async def close(self) -> None:
         entries, self._entries = list(self._entries.values()), {}

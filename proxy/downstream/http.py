@@ -97,9 +97,9 @@ class HttpFront:
     async def _serve(self, request: web.Request, route: routing.Route | None, request_id: str) -> web.StreamResponse:
         response: web.StreamResponse | None = None
         try:
-            endpoint = _checked_endpoint(request, route)
-            with self._forwarder.admit(endpoint):  # before the body is read: bounded memory
-                call = await self._invocation(request, route, request_id)
+            accepted = _accepted_route(request, route)
+            with self._forwarder.admit(accepted.endpoint):  # before the body is read: bounded memory
+                call = await self._invocation(request, accepted, request_id)
                 async with self._forwarder.invoke(call) as reply:
                     headers = _reply_headers(downstream_headers(reply.headers), request_id)
                     response = web.StreamResponse(status=reply.status, headers=headers)
@@ -121,8 +121,7 @@ class HttpFront:
             return response
 
     @staticmethod
-    async def _invocation(request: web.Request, route: routing.Route | None, request_id: str) -> Invocation:
-        assert route is not None  # _checked_endpoint passed
+    async def _invocation(request: web.Request, route: routing.Route, request_id: str) -> Invocation:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -136,8 +135,8 @@ class HttpFront:
         )
 
 
-def _checked_endpoint(request: web.Request, route: routing.Route | None) -> str:
-    """The endpoint of an acceptable request, judged from its line and headers alone (no body read)."""
+def _accepted_route(request: web.Request, route: routing.Route | None) -> routing.Route:
+    """The route of an acceptable request, judged from its line and headers alone (no body read)."""
     if route is None:
         raise EndpointNotFound(
             "no such route: use POST /serving-endpoints/<endpoint_name>/invocations or "
@@ -147,7 +146,7 @@ def _checked_endpoint(request: web.Request, route: routing.Route | None) -> str:
         raise MethodNotAllowed(f"method {request.method} not allowed: invocations take POST")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise BodyTooLarge(f"request body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
-    return route.endpoint
+    return route
 
 
 def _internal_error(exc: Exception) -> SidecarError:
