@@ -57,6 +57,10 @@ class Faults:
         requests makes the server drop the connection without answering.
     connection_faults_on_control_plane: apply the two connection knobs to the control-plane
         listener too (admin routes are always exempt); by default only data-plane listeners.
+    metadata_overrides: per endpoint name, a JSON merge patch (RFC 7386) applied to the endpoint's
+        metadata answer (``GET /api/2.0/serving-endpoints/{name}``): hostile or unusual metadata for tests
+        (an ``http://`` endpoint_url, no authorization_details, a malformed field) or a data-plane URL
+        that points at another server (a benchmark's upstream). Replaced whole by a patch; null clears.
     planned_failures: queue filled by ``fail_next`` (read-only through the patch route).
     """
 
@@ -68,6 +72,7 @@ class Faults:
     idle_close_after: float | None = None
     close_after_requests: int | None = None
     connection_faults_on_control_plane: bool = False
+    metadata_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     planned_failures: list[PlannedFailure] = field(default_factory=list)
 
     def latency_for(self, name: str, default: float) -> float:
@@ -109,6 +114,7 @@ class Faults:
             "idle_close_after": self.idle_close_after,
             "close_after_requests": self.close_after_requests,
             "connection_faults_on_control_plane": self.connection_faults_on_control_plane,
+            "metadata_overrides": copy.deepcopy(self.metadata_overrides),
             "planned_failures": [p.as_dict() for p in self.planned_failures],
         }
 
@@ -178,6 +184,30 @@ def _set_close_after_requests(faults: Faults, value: object) -> None:
     faults.close_after_requests = value
 
 
+def _set_metadata_overrides(faults: Faults, value: object) -> None:
+    if value is None:
+        faults.metadata_overrides = {}
+        return
+    if not isinstance(value, Mapping) or not all(
+        isinstance(name, str) and isinstance(patch, Mapping) for name, patch in value.items()
+    ):
+        raise FaultsError(f"metadata_overrides must be an object of endpoint name -> merge patch, got {value!r}")
+    faults.metadata_overrides = {name: copy.deepcopy(dict(patch)) for name, patch in value.items()}
+
+
+def merge_patch(target: object, patch: object) -> object:
+    """RFC 7386 JSON merge patch: objects merge member by member, null removes, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    merged = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
 def _set_planned_failures(faults: Faults, value: object) -> None:
     if value not in (None, []):
         raise FaultsError("planned_failures can only be cleared (null or []); use /_emulator/fail-next")
@@ -193,5 +223,6 @@ _SETTERS: dict[str, _Setter] = {
     "idle_close_after": _set_optional_float("idle_close_after"),
     "close_after_requests": _set_close_after_requests,
     "connection_faults_on_control_plane": _set_bool("connection_faults_on_control_plane"),
+    "metadata_overrides": _set_metadata_overrides,
     "planned_failures": _set_planned_failures,
 }

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy.emulator.access import Denial, check_workspace
 from proxy.emulator.endpoints import CREATOR, Incarnation
+from proxy.emulator.faults import merge_patch
 from proxy.emulator.responses import databricks_error, json_response
 from proxy.emulator.state import EmulatorState
 from proxy.emulator.tokens import TokenClaims
@@ -166,7 +167,9 @@ class WorkspaceApi:
         incarnation = self._state.registry.get(name)
         if incarnation is None:
             return databricks_error(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint with name '{name}' does not exist.")
-        return json_response(endpoint_detail(self._state, incarnation))
+        detail = endpoint_detail(self._state, incarnation)
+        override = self._state.faults.metadata_overrides.get(name)
+        return json_response(detail if override is None else merge_patch(detail, override))
 
     async def list_endpoints(self, request: web.Request) -> web.Response:
         self._state.counters.metadata_lists += 1

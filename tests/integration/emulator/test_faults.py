@@ -199,6 +199,29 @@ async def test_faults_patch_merges_and_validates(emulator: Emulator, client: aio
     assert faults["token_outage"] is False
 
 
+async def test_metadata_overrides_patch_the_metadata_answer(emulator: Emulator, client: aiohttp.ClientSession) -> None:
+    url = emulator.workspace_url + "/api/2.0/serving-endpoints/fraud-ro"
+    headers = bearer(await workspace_token(client, emulator))
+    patch = {"fraud-ro": {"data_plane_info": {"query_info": {"endpoint_url": "http://127.0.0.1:1/x"}}, "state": "odd"}}
+    status, faults = await _admin(client, emulator, "faults", {"metadata_overrides": patch})
+    assert (status, faults["metadata_overrides"]) == (200, patch)
+    async with client.get(url, headers=headers) as resp:
+        doc = await resp.json()
+    assert doc["state"] == "odd"
+    assert doc["data_plane_info"]["query_info"]["endpoint_url"] == "http://127.0.0.1:1/x"
+    assert doc["data_plane_info"]["query_info"]["authorization_details"]  # merged, not replaced
+    emulator.faults.metadata_overrides["fraud-ro"] = {
+        "data_plane_info": {"query_info": {"authorization_details": None}}
+    }
+    async with client.get(url, headers=headers) as resp:
+        assert "authorization_details" not in (await resp.json())["data_plane_info"]["query_info"]
+    status, body = await _admin(client, emulator, "faults", {"metadata_overrides": {"fraud-ro": 3}})
+    assert (status, body["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+    await _admin(client, emulator, "faults", {"metadata_overrides": None})
+    async with client.get(url, headers=headers) as resp:
+        assert (await resp.json())["state"]["ready"] == "READY"
+
+
 # --- endpoint recreation ------------------------------------------------------------------------
 
 
