@@ -21,6 +21,7 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from proxy import logs
 from proxy.admin import Health, build_admin_app
 from proxy.admission import Admission
 from proxy.config import Address, Settings
@@ -33,7 +34,6 @@ from proxy.credentials.sources import (
     watch_file,
     workload_identity_fetch,
 )
-from proxy import logs
 from proxy.downstream.grpc import GrpcFront
 from proxy.downstream.http import HttpFront, Limits
 from proxy.endpoints import Resolver, metadata_fetcher

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import json
 import logging
+import os
 import re
 import sys
 import time
-import itertools
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO

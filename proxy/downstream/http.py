@@ -26,6 +26,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import logging
 import math
@@ -181,6 +182,7 @@ class HttpFront:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._settled: asyncio.Event | None = None  # set when a request ends during a drain
 
     def __repr__(self) -> str:
         return f"HttpFront(port={self.port}, connections={len(self.connections)}, in_flight={self.in_flight})"
@@ -201,9 +203,11 @@ class HttpFront:
             self._server.close()
         for conn in list(self.connections):
             conn.close_if_idle()
-        deadline = time.monotonic() + grace
-        while any(conn.busy for conn in self.connections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while any(conn.busy for conn in self.connections):
+                    self._settled = asyncio.Event()
+                    await self._settled.wait()
         for conn in list(self.connections):
             conn.abort()
         if self._sweeper is not None:
@@ -212,6 +216,11 @@ class HttpFront:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+    def settled(self) -> None:
+        """A request ended: a drain waiting for quiet looks again."""
+        if self._settled is not None:
+            self._settled.set()
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -279,6 +288,7 @@ class HttpConnection(asyncio.Protocol):
             if current.status == "error":
                 current.status = 499  # the caller left before its answer
             self._record(current)
+        front.settled()
 
     def pause_writing(self) -> None:
         self._write_blocked_at = time.monotonic()
@@ -543,6 +553,7 @@ class HttpConnection(asyncio.Protocol):
             self._front.in_flight -= 1
         request.exchange = None
         self._record(request)
+        self._front.settled()
         transport = self._transport
         if transport is None:
             return
@@ -607,4 +618,3 @@ def _without_connection_tokens(block: list[bytes], connection: bytes) -> list[by
 def _parser_reason(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     return text[:200]
-

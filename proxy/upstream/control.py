@@ -76,9 +76,7 @@ class ControlPlane:
                 ),
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-                timeout=aiohttp.ClientTimeout(
-                    total=self._timeouts.first_byte, sock_connect=self._timeouts.connect
-                ),
+                timeout=aiohttp.ClientTimeout(total=self._timeouts.first_byte, sock_connect=self._timeouts.connect),
                 trace_configs=[trace],
                 trust_env=False,
             )

@@ -280,4 +280,3 @@ class Upstream:
         for pool in list(self._pools.values()):
             pool.sweep(now)
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
-
