@@ -33,6 +33,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 import httptools
 
@@ -256,8 +257,7 @@ class HttpConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         front = self._front
         if len(front.connections) >= self._limits.max_connections or front.draining:
             transport.close()  # over the connection bound: closed at once

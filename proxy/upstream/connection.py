@@ -22,7 +22,7 @@ import enum
 import math
 import select
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -126,8 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self._poll = select.poll()  # poll, not select: fds above 1024 are common with many callers
