@@ -218,7 +218,9 @@ def _inject_pod(template: dict[str, Any], defaults: InjectOptions, where: str) -
 
 
 def _list(spec: dict[str, Any], key: str, where: str) -> list[Any]:
-    value = spec.get(key) or []
+    value = spec.get(key)
+    if value is None:
+        return []
     if not isinstance(value, list):
         raise InjectError(f"{where}: spec.{key} must be a list")
     return value
