@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,7 @@ DASHBOARD = DEPLOY / "monitoring" / "grafana" / "serving-sidecar.json"
 UNIT = DEPLOY / "systemd" / "serving-sidecar.service"
 ENV_FILE = DEPLOY / "systemd" / "serving-sidecar.env"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+DEPLOY_README = (DEPLOY / "README.md").read_text()
 
 
 # --- the CLI and metrics contract --------------------------------------------------------------------
@@ -693,18 +695,13 @@ def test_build_context_builds_the_wheel(tmp_path: Path) -> None:
             shutil.copy2(origin, context / source)
     for excluded in (".venv", ".git", "tests", "deploy"):
         assert not dockerignore_allows(excluded), f".dockerignore lets {excluded} into the image"
-    run_ok(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--quiet",
-        "--no-deps",
-        "--wheel-dir",
-        str(tmp_path),
-        str(context),
-    )
-    [wheel] = tmp_path.glob("serving_sidecar-*.whl")
+    # The command deploy/README.md gives for the VM gateway, run in the context directory.
+    documented = re.search(r"^(python3 -m pip wheel [^#\n]*?)\s*# writes (dist/\S+)$", DEPLOY_README, re.MULTILINE)
+    assert documented, "deploy/README.md shows how to build the wheel"
+    argv = shlex.split(documented.group(1))
+    run_ok(sys.executable, *argv[1:], "--quiet", cwd=context)
+    [wheel] = context.glob("dist/serving_sidecar-*.whl")
+    assert wheel.relative_to(context).as_posix() == documented.group(2), "the file name the guide promises"
     with zipfile.ZipFile(wheel) as archive:
         [entry_points] = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
         assert "serving-sidecar = proxy.cli:main" in archive.read(entry_points).decode()

@@ -23,6 +23,7 @@ from proxy.app import Sidecar
 from tests.integration.conftest import url
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
+DEPLOY_README = (Path(__file__).parents[2] / "deploy" / "README.md").read_text()
 
 
 def sample_after(command_pattern: str) -> tuple[re.Match[str], str]:
@@ -58,3 +59,19 @@ async def test_the_grpcurl_sample_outputs(sidecar: Sidecar) -> None:
                 break
             await asyncio.sleep(0.05)
         assert json_format.MessageToJson(health, indent=2) == expected_health
+
+
+async def test_the_deploy_guide_admin_sample_outputs(sidecar: Sidecar, client: aiohttp.ClientSession) -> None:
+    readyz = re.search(r"curl -s http://127\.0\.0\.1:8486/readyz\n\s*# (.*)\n", DEPLOY_README)
+    assert readyz, "deploy/README.md shows /readyz"
+    async with client.get(url(sidecar, "/readyz", "admin")) as resp:
+        assert await resp.text() == readyz.group(1)
+    block = re.search(r"curl -s http://127\.0\.0\.1:8486/metrics[^\n]*\n((?:\s*# [^\n]*\n)+)", DEPLOY_README)
+    assert block, "deploy/README.md shows /metrics"
+    body = {"dataframe_records": [{"amount": 12.5}]}  # one call: the sidecar of the guide has served one endpoint
+    async with client.post(url(sidecar, "/serving-endpoints/fraud-ro/invocations"), json=body) as resp:
+        assert resp.status == 200
+    async with client.get(url(sidecar, "/metrics", "admin")) as resp:
+        exposition = (await resp.text()).splitlines()
+    for line in block.group(1).splitlines():
+        assert line.strip()[2:] in exposition, line
