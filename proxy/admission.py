@@ -30,15 +30,22 @@ class Admission:
                 retry_after=1,
             )
 
-    @contextlib.contextmanager
-    def slot(self, endpoint: str) -> Iterator[None]:
+    def acquire(self, endpoint: str) -> None:
+        """Take a slot for `endpoint`, or raise Overloaded; `release` it when the answer is done."""
         self.check(endpoint)
         self.total += 1
         self._per_endpoint[endpoint] += 1
+
+    def release(self, endpoint: str) -> None:
+        self.total -= 1
+        self._per_endpoint[endpoint] -= 1
+        if not self._per_endpoint[endpoint]:
+            del self._per_endpoint[endpoint]
+
+    @contextlib.contextmanager
+    def slot(self, endpoint: str) -> Iterator[None]:
+        self.acquire(endpoint)
         try:
             yield
         finally:
-            self.total -= 1
-            self._per_endpoint[endpoint] -= 1
-            if not self._per_endpoint[endpoint]:
-                del self._per_endpoint[endpoint]
+            self.release(endpoint)

@@ -21,6 +21,7 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from proxy import logs
 from proxy.admin import Health, build_admin_app
 from proxy.admission import Admission
 from proxy.config import Address, Settings
@@ -34,13 +35,15 @@ from proxy.credentials.sources import (
     workload_identity_fetch,
 )
 from proxy.downstream.grpc import GrpcFront
-from proxy.downstream.http import HttpFront
+from proxy.downstream.http import HttpFront, Limits
 from proxy.endpoints import Resolver, metadata_fetcher
 from proxy.errors import SidecarError
-from proxy.forwarding import Forwarder
+from proxy.forwarding import Forwarder, RequestRecord
 from proxy.metrics import UNRESOLVED, Metrics
 from proxy.retries import RetryPolicy
-from proxy.upstream import Timeouts, Upstream, build_ssl_context
+from proxy.upstream import build_ssl_context
+from proxy.upstream.control import ControlPlane
+from proxy.upstream.pool import Timeouts, Upstream
 
 log = logging.getLogger("serving_sidecar")
 
@@ -83,27 +86,35 @@ class Sidecar:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics(registry)
+        ssl_context = build_ssl_context(settings.ca_bundle)
+        timeouts = Timeouts(
+            connect=settings.connect_timeout,
+            first_byte=settings.first_byte_timeout,
+            stream_idle=settings.stream_idle_timeout,
+            idle_connection=settings.idle_connection_timeout,
+        )
         self.upstream = Upstream(
-            ssl_context=build_ssl_context(settings.ca_bundle),
+            ssl_context=ssl_context,
             pool_size=settings.pool_size,
-            timeouts=Timeouts(
-                connect=settings.connect_timeout,
-                first_byte=settings.first_byte_timeout,
-                stream_idle=settings.stream_idle_timeout,
-                idle_connection=settings.idle_connection_timeout,
-            ),
+            timeouts=timeouts,
+            on_connect=self.metrics.observe_connect,
+        )
+        self.control = ControlPlane(
+            settings.host.split("://", 1)[-1],
+            ssl_context=ssl_context,
+            timeouts=timeouts,
             on_connect=self.metrics.observe_connect,
         )
         self.metrics.watch_pools(self.upstream.stats)
         self.oauth = OAuthClient(
-            self.upstream.fetch,
+            self.control.fetch,
             token_url=settings.token_url,
             client_id=settings.client_id,
             read_secret=_secret_reader(settings),
         )
         self.credentials = Credentials(self.oauth, self._workspace_fetch(), observer=self.metrics.observe_token_fetch)
         self.resolver = Resolver(
-            metadata_fetcher(self.upstream.fetch, self.credentials.workspace, settings.host),
+            metadata_fetcher(self.control.fetch, self.credentials.workspace, settings.host),
             workspace_url=settings.host,
             ttl=settings.metadata_ttl,
             on_resolve=self.metrics.observe_resolution,
@@ -123,8 +134,10 @@ class Sidecar:
             on_retry=lambda endpoint, reason: self.metrics.observe_retry(self.endpoint_label(endpoint), reason),
             on_exchange=self.metrics.observe_exchange,
         )
-        self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label, access_log=settings.access_log)
-        self.grpc_front = GrpcFront(self.forwarder, self.metrics, self.endpoint_label, lambda: self.health().ready)
+        self.http_front = HttpFront(self.forwarder, on_request=self.observe_request, limits=_limits(settings))
+        self.grpc_front = GrpcFront(self.forwarder, self.observe_request, lambda: self.health().ready)
+        self.metrics.watch_in_flight("http", lambda: self.http_front.in_flight)
+        self.metrics.watch_in_flight("grpc", lambda: self.grpc_front.in_flight)
         self._listeners: dict[str, Listener] = {}
         # run once, synchronously, when draining starts: gRPC health turns NOT_SERVING at the same moment
         self.on_drain: list[Callable[[], None]] = [self.grpc_front.begin_draining]
@@ -148,6 +161,24 @@ class Sidecar:
         if name in self.settings.endpoints or self.resolver.cached(name) is not None:
             return name
         return UNRESOLVED
+
+    def observe_request(self, record: RequestRecord) -> None:
+        """The fronts' hook: one answered request, to metrics and (when on) the access log."""
+        label = self.endpoint_label(record.endpoint)
+        self.metrics.observe_request(record, label)
+        if self.settings.access_log:
+            logs.log_access(
+                logs.AccessRecord(
+                    record.front,
+                    record.method,
+                    record.path,
+                    label,
+                    record.status,
+                    record.seconds,
+                    record.bytes_sent,
+                    record.request_id,
+                )
+            )
 
     def health(self) -> Health:
         """Liveness, startup (ready at least once since start) and readiness, computed now."""
@@ -175,7 +206,9 @@ class Sidecar:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
         admin = build_admin_app(self.health, self.metrics, on_quit=self.on_quit)
         await self._listen(ADMIN, admin, self.settings.admin_listen)
-        await self._listen("http", self.http_front.app(), self.settings.http_listen)
+        port = await self.http_front.start(self.settings.http_listen)
+        self._listeners["http"] = self.http_front
+        log.info("http listener on %s:%s", self.settings.http_listen.host, port)
         port = await self.grpc_front.start(self.settings.grpc_listen)
         self._listeners["grpc"] = self.grpc_front
         log.info("grpc listener on %s:%s", self.settings.grpc_listen.host, port)
@@ -252,7 +285,21 @@ class Sidecar:
             await admin.stop(ADMIN_GRACE)
         self._listeners.clear()
         await self.credentials.close()
-        await self.upstream.close()
+        self.upstream.close()
+        await self.control.close()
+
+
+def _limits(settings: Settings) -> Limits:
+    return Limits(
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        write_timeout=settings.write_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
+        max_connections=settings.max_connections,
+        max_buffered_request_bytes=settings.max_buffered_request_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+    )
 
 
 def _secret_reader(settings: Settings) -> SecretReader | None:

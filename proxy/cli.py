@@ -19,7 +19,7 @@ import socket
 import ssl
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -138,15 +138,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"inject": _inject, "injector": _injector, "wait": _wait}[args.command](args)
     try:
         if args.command == "demo":
-            return asyncio.run(_demo(args))
+            return run_on_loop(_demo(args), "uvloop")
         settings = config.load(vars(args))
     except ConfigError as error:
         print(f"serving-sidecar: configuration error: {error}", file=sys.stderr)
         return 2
     logs.configure(fmt=settings.log_format, level=settings.log_level, secrets=_known_secrets(settings))
     if args.command == "check":
-        return asyncio.run(_check(settings))
-    return asyncio.run(_serve(Sidecar(settings)))
+        return run_on_loop(_check(settings), settings.event_loop)
+    return run_on_loop(_serve(Sidecar(settings)), settings.event_loop)
+
+
+def run_on_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
+    """Run `main` to completion on a new loop of the chosen kind ("uvloop" or "asyncio")."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 def _known_secrets(settings: config.Settings) -> list[str]:

@@ -119,6 +119,36 @@ OPTIONS: tuple[Option, ...] = (
         "on SIGTERM/SIGINT: seconds readiness is 503 while requests are still accepted (load balancers catch up)",
     ),
     Option("drain-timeout", "float", 30.0, "then: seconds in-flight requests (streams too) get to finish"),
+    Option("header-timeout", "float", 10.0, "seconds a caller has to send a request's line and headers"),
+    Option("body-timeout", "float", 30.0, "seconds a caller's request body may stay idle between two reads"),
+    Option(
+        "write-timeout",
+        "float",
+        60.0,
+        "seconds a write to a caller that stopped reading may stay blocked; then its connection is closed",
+    ),
+    Option(
+        "keepalive-timeout",
+        "float",
+        75.0,
+        "seconds an idle caller connection is kept open (above common load-balancer idle timeouts of 60 s)",
+    ),
+    Option("max-connections", "int", 4096, "caller connections beyond this are closed at once"),
+    Option(
+        "max-buffered-request-bytes",
+        "int",
+        128 * 1024 * 1024,
+        "request-body bytes buffered across connections while bodies arrive; beyond it a request gets 503",
+    ),
+    Option("max-header-bytes", "int", 64 * 1024, "bytes of request line and headers beyond which a request gets 431"),
+    Option("max-headers", "int", 100, "request headers beyond which a request gets 431"),
+    Option(
+        "event-loop",
+        "choice",
+        "uvloop",
+        "asyncio event loop implementation (uvloop is faster; asyncio is the standard library's)",
+        choices=("uvloop", "asyncio"),
+    ),
     Option("log-format", "choice", "text", "log line format", choices=LOG_FORMATS),
     Option("log-level", "choice", "info", "least severe level logged", choices=LOG_LEVELS),
     Option("access-log", "bool", False, "log one line per request (off by default: it costs throughput)"),
@@ -156,6 +186,15 @@ class Settings:
     max_in_flight_per_endpoint: int = 512
     drain_delay: float = 5.0
     drain_timeout: float = 30.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    write_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 4096
+    max_buffered_request_bytes: int = 128 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    event_loop: str = "uvloop"
     log_format: str = "text"
     log_level: str = "info"
     access_log: bool = False
@@ -328,6 +367,15 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         max_in_flight_per_endpoint=_positive(raw["max_in_flight_per_endpoint"], "max-in-flight-per-endpoint"),
         drain_delay=_not_negative(raw["drain_delay"], "drain-delay"),
         drain_timeout=_not_negative(raw["drain_timeout"], "drain-timeout"),
+        header_timeout=_positive(raw["header_timeout"], "header-timeout"),
+        body_timeout=_positive(raw["body_timeout"], "body-timeout"),
+        write_timeout=_positive(raw["write_timeout"], "write-timeout"),
+        keepalive_timeout=_positive(raw["keepalive_timeout"], "keepalive-timeout"),
+        max_connections=_positive(raw["max_connections"], "max-connections"),
+        max_buffered_request_bytes=_positive(raw["max_buffered_request_bytes"], "max-buffered-request-bytes"),
+        max_header_bytes=_positive(raw["max_header_bytes"], "max-header-bytes"),
+        max_headers=_positive(raw["max_headers"], "max-headers"),
+        event_loop=raw["event_loop"],
         log_format=raw["log_format"],
         log_level=raw["log_level"],
         access_log=raw["access_log"],

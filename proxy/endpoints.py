@@ -103,6 +103,15 @@ class Resolver:
         entry = self._found.get(name)
         return None if entry is None else entry.resolution
 
+    def peek(self, name: str) -> Resolution | None:
+        """The known resolution of `name` without waiting (refreshed in the background when stale), or None."""
+        entry = self._found.get(name)
+        if entry is None:
+            return None
+        if self._clock() >= entry.fresh_until and name not in self._inflight:
+            self._lookup_task(name)  # refresh ahead; this caller keeps the known resolution (rule 2)
+        return entry.resolution
+
     async def resolve(self, name: str) -> Resolution:
         entry = self._found.get(name)
         if entry is not None:

@@ -99,10 +99,6 @@ class ConnectFailed(UpstreamUnreachable):
     """No connection could be made: nothing was sent, so a retry cannot duplicate inference."""
 
 
-class StaleConnection(UpstreamUnreachable):
-    """A reused pooled connection was reset before any response byte: retry once on a fresh connection."""
-
-
 class Overloaded(SidecarError):
     """Too many requests in flight (globally or for one endpoint): shed at once instead of queueing."""
 

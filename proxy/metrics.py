@@ -12,6 +12,7 @@ with frozen details, and pool gauges are read at scrape time from a `PoolStats` 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -20,8 +21,8 @@ from prometheus_client.registry import Collector
 
 from proxy import __version__
 from proxy.credentials.cache import FetchOutcome
-from proxy.forwarding import UpstreamExchange
-from proxy.upstream import ConnectAttempt, PoolStats
+from proxy.forwarding import RequestRecord, UpstreamExchange
+from proxy.upstream.pool import ConnectAttempt, PoolStats
 
 UNRESOLVED = "unresolved"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -94,6 +95,10 @@ class Metrics:
         self.ready = Gauge("serving_sidecar_ready", "1 when the sidecar is ready to serve", registry=r)
         build = Gauge("serving_sidecar_build_info", "Build information", ["version"], registry=r)
         build.labels(version=__version__).set(1)
+        # Label children bound once per label set: `labels()` takes a lock and builds a key on every call.
+        self._request_children: dict[tuple[str, str, int | str], Any] = {}
+        self._duration_children: dict[tuple[str, str], Any] = {}
+        self._exchange_children: dict[str, tuple[Any, Any]] = {}
 
     def observe_token_fetch(self, outcome: FetchOutcome) -> None:
         self.token_fetches.labels(kind=outcome.kind, result="success" if outcome.ok else "failure").inc()
@@ -103,14 +108,36 @@ class Metrics:
     def observe_resolution(self, result: str) -> None:
         self.resolutions.labels(result=result).inc()
 
-    def observe_request(self, *, endpoint: str, front: str, code: int | str, seconds: float) -> None:
-        self.requests.labels(endpoint=endpoint, front=front, code=str(code)).inc()
-        self.request_duration.labels(endpoint=endpoint, front=front).observe(seconds)
+    def observe_request(self, record: RequestRecord, label: str) -> None:
+        """Front hook: one answered request; `label` is its endpoint's metric label. Children are bound once."""
+        key = (label, record.front, record.status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(
+                endpoint=label, front=record.front, code=str(record.status)
+            )
+        counter.inc()
+        duration = self._duration_children.get(key[:2])
+        if duration is None:
+            duration = self._duration_children[key[:2]] = self.request_duration.labels(
+                endpoint=label, front=record.front
+            )
+        duration.observe(record.seconds)
 
     def observe_exchange(self, exchange: UpstreamExchange) -> None:
-        """Forwarder hook: one upstream reply, closed."""
-        self.upstream_duration.labels(endpoint=exchange.endpoint).observe(exchange.seconds)
-        self.time_to_first_byte.labels(endpoint=exchange.endpoint).observe(exchange.first_byte_seconds)
+        """Forwarder hook: one upstream answer relayed (or abandoned)."""
+        children = self._exchange_children.get(exchange.endpoint)
+        if children is None:
+            children = self._exchange_children[exchange.endpoint] = (
+                self.upstream_duration.labels(endpoint=exchange.endpoint),
+                self.time_to_first_byte.labels(endpoint=exchange.endpoint),
+            )
+        children[0].observe(exchange.seconds)
+        children[1].observe(exchange.first_byte_seconds)
+
+    def watch_in_flight(self, front: str, count: Callable[[], float]) -> None:
+        """Export `in_flight_requests{front}` from `count()`, read at each scrape."""
+        self.in_flight.labels(front=front).set_function(count)
 
     def observe_retry(self, endpoint: str, reason: str) -> None:
         """A request sent upstream once more; `reason` is a fixed word (unauthorized, endpoint_recreated, ...)."""

@@ -92,6 +92,13 @@ class RefreshingToken:
     def is_usable(self) -> bool:
         return self._token is not None and schedule.is_usable(self._clock(), self._token.expires_at)
 
+    def peek(self) -> str | None:
+        """The cached token while it is usable, else None: never waits (the fast path)."""
+        token = self._token
+        if token is not None and schedule.is_usable(self._clock(), token.expires_at):
+            return token.access_token
+        return None
+
     async def get(self) -> str:
         """A usable access token; raises NoCredential when none can be had now."""
         token = self._token

@@ -33,7 +33,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_reflection.v1alpha import reflection
@@ -46,9 +46,8 @@ from proxy.downstream.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from proxy.downstream.health import HealthService
 from proxy.downstream.sse import SseSplitter
 from proxy.errors import InvalidRequest, ResponseTooLarge, SidecarError, grpc_code_for_status
-from proxy.forwarding import Forwarder, Invocation
-from proxy.metrics import Metrics
-from proxy.upstream import Reply
+from proxy.forwarding import Invocation, RequestHook, RequestRecord, header_block
+from proxy.transport import Reply
 
 FRONT = "grpc"
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["ServingProxy"].full_name
@@ -68,8 +67,15 @@ EVENT_STREAM = "text/event-stream"
 DONE = b"[DONE]"
 _MAX_TEXT_MESSAGE = 2048  # characters of a non-JSON error body kept as the status message
 
-LabelFor = Callable[[str], str]
 Ready = Callable[[], bool]
+
+
+class Invoker(Protocol):
+    """What the gRPC front needs of the forwarder."""
+
+    def admit(self, endpoint: str) -> contextlib.AbstractContextManager[None]: ...
+
+    def invoke(self, call: Invocation) -> contextlib.AbstractAsyncContextManager[Reply]: ...
 
 
 @dataclass(frozen=True)
@@ -153,12 +159,13 @@ def invocation_for(
             f"served_model {request.served_model[:80]!r} is not a served model name "
             "(letters, digits, - and _, at most 64)"
         )
+    passed = passed_metadata(metadata)
     return Invocation(
         endpoint=request.endpoint,
         body=request.json_body,
         served_model=request.served_model or None,
-        headers=passed_metadata(metadata),
-        request_id=logs.request_id(),
+        headers=header_block(passed),
+        request_id=logs.request_id() or logs.request_id_from(_request_id(passed)),
         deadline=None if time_remaining is None else time.monotonic() + time_remaining,
     )
 
@@ -222,11 +229,10 @@ class _Call:
 class ServingProxyService:
     """The ServingProxy RPCs (method names are the proto's)."""
 
-    def __init__(self, forwarder: Forwarder, metrics: Metrics, label_for: LabelFor) -> None:
+    def __init__(self, forwarder: Invoker, on_request: RequestHook) -> None:
         self._forwarder = forwarder
-        self._metrics = metrics
-        self._label_for = label_for
-        metrics.in_flight.labels(front=FRONT)  # exported as 0 from the start, not from the first call
+        self._on_request = on_request
+        self.in_flight = 0
 
     def __repr__(self) -> str:
         return f"ServingProxyService({self._forwarder!r})"
@@ -265,8 +271,7 @@ class ServingProxyService:
         remaining: float | None = context.time_remaining()
         call = _Call(request_id=logs.request_id_from(_request_id(context.invocation_metadata())))
         failure: Failure | None = None
-        in_flight = self._metrics.in_flight.labels(front=FRONT)
-        in_flight.inc()
+        self.in_flight += 1
         try:
             # the same request id rules as the HTTP front: honoured or generated, in logs, upstream and back
             with logs.bound_request_id(call.request_id):
@@ -284,10 +289,10 @@ class ServingProxyService:
             call.status = 504 if deadline_passed else 499
             raise
         finally:
-            in_flight.dec()
+            self.in_flight -= 1
             status = failure.status if failure is not None else call.status
             seconds = time.perf_counter() - started
-            self._metrics.observe_request(endpoint=self._label_for(endpoint), front=FRONT, code=status, seconds=seconds)
+            self._on_request(RequestRecord(FRONT, "POST", "", endpoint, status, seconds, None, call.request_id))
         if failure is not None:
             await context.abort(failure.code, failure.message, failure.trailing_metadata(call.request_id))
 
@@ -308,13 +313,17 @@ class GrpcFront:
     `begin_draining()` for the moment draining starts.
     """
 
-    def __init__(self, forwarder: Forwarder, metrics: Metrics, label_for: LabelFor, ready: Ready) -> None:
-        self.service = ServingProxyService(forwarder, metrics, label_for)
+    def __init__(self, forwarder: Invoker, on_request: RequestHook, ready: Ready) -> None:
+        self.service = ServingProxyService(forwarder, on_request)
         self.health = HealthService([SERVICE_NAME])  # NOT_SERVING until the first readiness check (rule 7)
         self._ready = ready
         self._server: Any = None
         self._follower: asyncio.Task[None] | None = None
         self.port = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.service.in_flight
 
     def __repr__(self) -> str:
         state = "stopped" if self._server is None else f"port={self.port}"

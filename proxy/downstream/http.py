@@ -1,155 +1,620 @@
-"""HTTP front: `POST /serving-endpoints/{name}[/served-models/{model}]/invocations`, unauthenticated.
+"""HTTP front: `POST /serving-endpoints/{name}[/served-models/{model}]/invocations`, unauthenticated, on a
+lean asyncio Protocol parsed by httptools (llhttp, strict).
 
-Bodies pass through as bytes (request and response, no decompression); answers stream back chunk by
-chunk, so SSE events reach the caller as the upstream sends them. Errors the sidecar makes itself are
-Databricks-shaped JSON; upstream errors pass through unchanged.
-
-Every request gets a request id (the caller's `X-Request-Id` when safe, else a new one): bound in the
-log context for the whole request, sent upstream, and returned on the response.
+Rules:
+1. The parser is a security boundary. Answered 400 and closed, nothing forwarded: whatever llhttp refuses
+   (Content-Length with Transfer-Encoding, duplicate or invalid Content-Length, bad chunk sizes, obs-fold,
+   bad header names or values, bare LF), HTTP versions other than 1.0 and 1.1, a Transfer-Encoding other
+   than `chunked`, upgrades. Over `max_headers` headers or `max_header_bytes` of request line and headers:
+   431 and closed.
+2. Requests on one connection are answered in order, one at a time; reading pauses while one waits.
+3. A body over MAX_BODY_BYTES is refused (413, closed) as soon as that is known: by Content-Length before
+   any of it, or when the chunks pass the limit. Bodies still arriving share `max_buffered_request_bytes`;
+   a request that would pass it gets 503 and its connection closes.
+4. The admission slot (in-flight bounds) is taken when the body is complete: slow senders hold none.
+5. Answers are relayed as they arrive: status and headers (hop-by-hop and framing dropped, X-Request-Id
+   set), body bytes verbatim under the upstream's Content-Length, else chunked (HTTP/1.1) or until close
+   (HTTP/1.0); one write per batch of upstream bytes.
+6. Backpressure: while the caller's transport is above its high-water mark the upstream is not read.
+7. Timeouts, enforced by one sweeper per front every SWEEP_INTERVAL: request head (`header_timeout` from
+   accept or the request's first byte), body idle (`body_timeout`), a blocked write (`write_timeout`: the
+   caller stopped reading), idle keep-alive (`keepalive_timeout`).
+8. A caller that hangs up cancels its upstream request. Errors the sidecar makes are Databricks-shaped JSON.
+9. Every request ends in one frozen `RequestRecord` handed to the `on_request` hook.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import http
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections import deque
+from dataclasses import dataclass
 
-from aiohttp import web
+import httptools
 
 from proxy import logs, routing
-from proxy.config import MAX_BODY_BYTES
-from proxy.errors import BodyTooLarge, EndpointNotFound, MethodNotAllowed, SidecarError
-from proxy.forwarding import Forwarder, Invocation, downstream_headers
-from proxy.metrics import Metrics
+from proxy.config import MAX_BODY_BYTES, Address
+from proxy.errors import (
+    BodyTooLarge,
+    EndpointNotFound,
+    InvalidRequest,
+    MethodNotAllowed,
+    Overloaded,
+    SidecarError,
+)
+from proxy.forwarding import (
+    HOP_BY_HOP,
+    NOT_FORWARDED,
+    Exchange,
+    Forwarder,
+    Invocation,
+    RequestHook,
+    RequestRecord,
+    default_headers,
+)
+from proxy.transport import Head
 
 log = logging.getLogger("serving_sidecar")
 FRONT = "http"
-LabelFor = Callable[[str], str]
+SWEEP_INTERVAL = 1.0
+# Upstream answer headers not relayed: the front writes its own framing and request id.
+NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
+_NO_BODY = frozenset({204, 304})
+_ROUTE_HELP = (
+    "no such route: use POST /serving-endpoints/<endpoint_name>/invocations or "
+    "/serving-endpoints/<endpoint_name>/served-models/<served_model_name>/invocations"
+)
 
 
-def error_response(error: SidecarError, request_id: str | None = None) -> web.Response:
-    headers = error.headers()
-    if request_id is not None:
-        headers[logs.REQUEST_ID_HEADER] = request_id
-    return web.Response(status=error.status, body=error.body(), headers=headers)
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    write_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 4096
+    max_buffered_request_bytes: int = 128 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
 
 
-def _reply_headers(upstream: list[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
-    """Upstream headers for the caller, with the caller's request id in place of any upstream one."""
-    kept = [(name, value) for name, value in upstream if name.lower() != "x-request-id"]
-    return [*kept, (logs.REQUEST_ID_HEADER, request_id)]
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode()
 
 
-def _size(response: web.StreamResponse | None) -> int | None:
-    """Body bytes sent (streamed answers) or about to be sent (answers the sidecar made itself)."""
-    if response is None:
-        return None
-    if response.prepared:
-        return response.body_length
-    body = response.body if isinstance(response, web.Response) else None
-    return len(body) if isinstance(body, bytes) else None
+_STATUS_LINES = {status.value: _status_line(status.value) for status in http.HTTPStatus}
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback: answer `error` and close the connection (rules 1 and 3)."""
+
+    def __init__(self, error: SidecarError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class HeadersTooLarge(SidecarError):
+    status = 431
+    error_code = "BAD_REQUEST"
+
+
+class _Request:
+    """One request on a connection: parsed, then answered."""
+
+    __slots__ = (
+        "admitted",
+        "block",
+        "body",
+        "body_size",
+        "buffered",
+        "bytes_sent",
+        "chunked",
+        "connection",
+        "content_length",
+        "error",
+        "exchange",
+        "expect",
+        "has_accept",
+        "has_content_type",
+        "head_bytes",
+        "header_count",
+        "headers_done",
+        "http11",
+        "keep_alive",
+        "method",
+        "request_id",
+        "route",
+        "started",
+        "status",
+        "transfer_encoding",
+        "url",
+    )
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.url = b""
+        self.method = ""
+        self.block: list[bytes] = []
+        self.has_content_type = self.has_accept = False
+        self.transfer_encoding: bytes | None = None
+        self.expect: bytes | None = None
+        self.connection: bytes | None = None
+        self.content_length = 0
+        self.request_id = ""
+        self.head_bytes = self.header_count = 0
+        self.headers_done = False
+        self.http11 = True
+        self.keep_alive = True
+        self.route: routing.Route | None = None
+        self.error: SidecarError | None = None
+        self.body: list[bytes] = []
+        self.body_size = self.buffered = 0
+        self.admitted = False
+        self.exchange: Exchange | None = None
+        self.status: int | str = "error"
+        self.bytes_sent = 0
+        self.chunked = False
+
+    @property
+    def endpoint(self) -> str:
+        return "" if self.route is None else self.route.endpoint
 
 
 class HttpFront:
-    def __init__(
-        self, forwarder: Forwarder, metrics: Metrics, label_for: LabelFor, *, access_log: bool = False
-    ) -> None:
-        self._forwarder = forwarder
-        self._metrics = metrics
-        self._label_for = label_for
-        self._access_log = access_log
-        metrics.in_flight.labels(front=FRONT)  # exported as 0 from the start, not from the first request
+    """The HTTP listener: accepts connections, bounds them, sweeps their timeouts, drains them."""
+
+    def __init__(self, forwarder: Forwarder, *, on_request: RequestHook, limits: Limits | None = None) -> None:
+        self.forwarder = forwarder
+        self.on_request = on_request
+        self.limits = limits or Limits()
+        self.connections: set[HttpConnection] = set()
+        self.buffered = 0  # request-body bytes of requests still arriving (rule 3)
+        self.in_flight = 0
+        self.draining = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._settled: asyncio.Event | None = None  # set when a request ends during a drain
 
     def __repr__(self) -> str:
-        return f"HttpFront({self._forwarder!r})"
+        return f"HttpFront(port={self.port}, connections={len(self.connections)}, in_flight={self.in_flight})"
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
+    async def start(self, address: Address) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpConnection(self), address.host, address.port, backlog=1024, reuse_address=True
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+        return self.port
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        with logs.bound_request_id(logs.request_id_from(request.headers.get(logs.REQUEST_ID_HEADER))) as rid:
-            return await self._handle(request, rid)
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; idle connections close now, busy ones after their answer or after `grace` s."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while any(conn.busy for conn in self.connections):
+                    self._settled = asyncio.Event()
+                    await self._settled.wait()
+        for conn in list(self.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
 
-    async def _handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
-        started = time.perf_counter()
-        route = routing.match(request.raw_path)
-        in_flight = self._metrics.in_flight.labels(front=FRONT)
-        in_flight.inc()
-        status: int | str = "error"
-        response: web.StreamResponse | None = None
+    def settled(self) -> None:
+        """A request ended: a drain waiting for quiet looks again."""
+        if self._settled is not None:
+            self._settled.set()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.connections):
+            conn.check_deadlines(now)
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+
+class HttpConnection(asyncio.Protocol):
+    """One caller connection; also the `transport.Sink` of the request being answered."""
+
+    def __init__(self, front: HttpFront) -> None:
+        self._front = front
+        self._limits = front.limits
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._parsing: _Request | None = None
+        self._waiting: deque[_Request] = deque()
+        self._current: _Request | None = None
+        self._out: list[bytes] = []
+        self._write_blocked_at = 0.0
+        self._reading_paused = False
+        self._refusal: SidecarError | None = None
+        self.deadline = math.inf
+
+    def __repr__(self) -> str:
+        return f"HttpConnection(busy={self.busy}, waiting={len(self._waiting)})"
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None or bool(self._waiting)
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        front = self._front
+        if len(front.connections) >= self._limits.max_connections or front.draining:
+            transport.close()  # over the connection bound: closed at once
+            return
+        front.connections.add(self)
+        self.deadline = time.monotonic() + self._limits.header_timeout
+
+    def data_received(self, data: bytes) -> None:
         try:
-            response = await self._serve(request, route, request_id)
-            status = response.status
-            return response
-        finally:
-            in_flight.dec()
-            seconds = time.perf_counter() - started
-            # Labelled after the call: a name becomes a label only once it resolved.
-            label = self._label_for(route.endpoint if route is not None else "")
-            self._metrics.observe_request(endpoint=label, front=FRONT, code=status, seconds=seconds)
-            if self._access_log:
-                path = logs.access_path(request.raw_path)
-                record = logs.AccessRecord(FRONT, request.method, path, label, status, seconds, _size(response))
-                logs.log_access(record)
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(InvalidRequest("protocol upgrades are not supported: send plain HTTP/1.1 requests"))
+        except httptools.HttpParserError as exc:
+            refusal, self._refusal = self._refusal, None
+            self._refuse(refusal or InvalidRequest(f"malformed HTTP request: {_parser_reason(exc)}"))
 
-    async def _serve(self, request: web.Request, route: routing.Route | None, request_id: str) -> web.StreamResponse:
-        response: web.StreamResponse | None = None
-        try:
-            accepted = _accepted_route(request, route)
-            with self._forwarder.admit(accepted.endpoint):  # before the body is read: bounded memory
-                call = await self._invocation(request, accepted, request_id)
-                async with self._forwarder.invoke(call) as reply:
-                    headers = _reply_headers(downstream_headers(reply.headers), request_id)
-                    response = web.StreamResponse(status=reply.status, headers=headers)
-                    length = reply.headers.get("Content-Length")
-                    if length is not None and length.isdigit():
-                        response.content_length = int(length)
-                    await response.prepare(request)
-                    async for chunk in reply.chunks():
-                        await response.write(chunk)
-                    await response.write_eof()
-                    return response
-        except Exception as exc:
-            error = exc if isinstance(exc, SidecarError) else _internal_error(exc)
-            if response is None or not response.prepared:
-                return error_response(error, request_id)
-            # Headers already went out: cut the connection so the caller sees a broken answer, not a short one.
-            if request.transport is not None:
-                request.transport.close()
-            return response
+    def connection_lost(self, exc: Exception | None) -> None:
+        front = self._front
+        front.connections.discard(self)
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None:
+            front.buffered -= parsing.buffered
+        current, self._current = self._current, None
+        self._waiting.clear()
+        if current is not None:
+            if current.exchange is not None:
+                current.exchange.cancel()
+            if current.status == "error":
+                current.status = 499  # the caller left before its answer
+            self._record(current)
+        front.settled()
 
-    @staticmethod
-    async def _invocation(request: web.Request, route: routing.Route, request_id: str) -> Invocation:
+    def pause_writing(self) -> None:
+        self._write_blocked_at = time.monotonic()
+        if self._current is not None and self._current.exchange is not None:
+            self._current.exchange.pause()
+
+    def resume_writing(self) -> None:
+        self._write_blocked_at = 0.0
+        if self._current is not None and self._current.exchange is not None:
+            self._current.exchange.resume()
+
+    # --- httptools callbacks ------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._parsing = _Request()
+        self.deadline = time.monotonic() + self._limits.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        request = self._parsing
+        assert request is not None
+        request.url += url
+        request.head_bytes += len(url)
+        if request.head_bytes > self._limits.max_header_bytes:
+            raise self._refusing(HeadersTooLarge("request line and headers are too large"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self._parsing
+        assert request is not None
+        if request.headers_done:
+            return  # a chunked body's trailer: not forwarded
+        request.header_count += 1
+        request.head_bytes += len(name) + len(value) + 4
+        if request.header_count > self._limits.max_headers or request.head_bytes > self._limits.max_header_bytes:
+            raise self._refusing(HeadersTooLarge("too many or too large request headers"))
+        lower = name.lower()
+        if lower in NOT_FORWARDED:
+            self._note_header(request, lower, value)
+            return
+        if lower == b"content-type":
+            request.has_content_type = True
+        elif lower == b"accept":
+            request.has_accept = True
+        request.block += (name, b": ", value, b"\r\n")
+
+    def on_headers_complete(self) -> None:
+        request = self._parsing
+        assert request is not None
+        request.headers_done = True
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise self._refusing(InvalidRequest(f"HTTP version {version} is not supported: use HTTP/1.1"))
+        if request.transfer_encoding is not None and request.transfer_encoding.strip().lower() != b"chunked":
+            raise self._refusing(InvalidRequest("Transfer-Encoding other than chunked is not supported"))
+        request.http11 = version == "1.1"
+        request.keep_alive = parser.should_keep_alive()
+        request.method = parser.get_method().decode("latin-1")
+        if request.connection is not None:
+            request.block = _without_connection_tokens(request.block, request.connection)
+        request.block.append(default_headers(request.has_content_type, request.has_accept))
+        self._judge(request)
+        if request.expect is not None and request.expect.lower() == b"100-continue" and request.error is None:
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.deadline = time.monotonic() + self._limits.body_timeout
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        assert request is not None
+        size = len(body)
+        request.body_size += size
+        if request.body_size > MAX_BODY_BYTES:
+            raise self._refusing(BodyTooLarge(f"request body exceeds the limit of {MAX_BODY_BYTES} bytes"))
+        self.deadline = time.monotonic() + self._limits.body_timeout
+        if request.error is not None:
+            return  # answered with an error once complete: the body is not kept
+        front = self._front
+        if front.buffered + size > self._limits.max_buffered_request_bytes:
+            raise self._refusing(
+                Overloaded("the sidecar is buffering too many request bodies; try again shortly", retry_after=1)
+            )
+        front.buffered += size
+        request.buffered += size
+        request.body.append(body)
+
+    def on_message_complete(self) -> None:
+        request, self._parsing = self._parsing, None
+        assert request is not None
+        self._front.buffered -= request.buffered
+        request.buffered = 0
+        self.deadline = math.inf
+        self._waiting.append(request)
+        if self._current is None:
+            self._next()
+        elif not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()  # rule 2: one pipelined request waits, no more are read
+
+    # --- transport.Sink (the request being answered) ------------------------------------------------
+
+    def head(self, head: Head, *, retried: bool) -> None:
+        request = self._current
+        assert request is not None
+        request.status = head.status
+        out = self._out
+        out.append(_STATUS_LINES.get(head.status) or _status_line(head.status))
+        for name, value in head.headers:
+            if name.lower() not in NOT_RETURNED:
+                out += (name, b": ", value, b"\r\n")
+        out += (b"X-Request-Id: ", request.request_id.encode(), b"\r\n")
+        if head.length is not None:
+            out.append(b"Content-Length: %d\r\n" % head.length)
+        elif head.status in _NO_BODY:
+            pass
+        elif request.http11:
+            request.chunked = True
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            request.keep_alive = False  # HTTP/1.0: the end of the body is the end of the connection
+        if not request.keep_alive or self._front.draining:
+            request.keep_alive = False
+            out.append(b"Connection: close\r\n")
+        elif not request.http11:
+            out.append(b"Connection: keep-alive\r\n")
+        out.append(b"\r\n")
+
+    def body(self, data: bytes) -> None:
+        request = self._current
+        assert request is not None
+        request.bytes_sent += len(data)
+        if request.chunked:
+            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        if self._out:
+            out, self._out = self._out, []
+            self._write(b"".join(out))
+
+    def end(self) -> None:
+        request = self._current
+        assert request is not None
+        if request.chunked:
+            self._out.append(b"0\r\n\r\n")
+        self.flush()
+        self._finish(request)
+
+    def fail(self, error: SidecarError) -> None:
+        request = self._current
+        if request is None:
+            return
+        if request.status == "error":
+            self._answer(request, error)
+            return
+        # Head already sent: cut the connection, so the caller sees a broken answer, not a short one.
+        self.flush()
+        request.keep_alive = False
+        log.warning("upstream answer cut short: %s", error.message)
+        self._finish(request)
+        self.abort()
+
+    # --- used by the front --------------------------------------------------------------------------
+
+    def close_if_idle(self) -> None:
+        if not self.busy and self._parsing is None and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def check_deadlines(self, now: float) -> None:
+        """Rule 7: close a connection whose head, body, blocked write or keep-alive idle ran out of time."""
+        blocked = self._write_blocked_at and now - self._write_blocked_at > self._limits.write_timeout
+        if blocked or now > self.deadline:
+            self.abort()
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _note_header(self, request: _Request, lower: bytes, value: bytes) -> None:
+        if lower == b"transfer-encoding":
+            request.transfer_encoding = value
+        elif lower == b"expect":
+            request.expect = value
+        elif lower == b"connection":
+            request.connection = value
+        elif lower == b"content-length":  # llhttp has checked it: digits, once
+            request.content_length = int(value)
+        elif lower == b"x-request-id":
+            request.request_id = logs.request_id_from(value.decode("latin-1"))
+
+    def _judge(self, request: _Request) -> None:
+        """Route and method from the head alone; an error is answered once the body has arrived."""
+        if not request.request_id:
+            request.request_id = logs.new_request_id()
+        length = request.content_length
+        if length > MAX_BODY_BYTES:
+            raise self._refusing(BodyTooLarge(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}"))
+        request.route = routing.match(request.url.decode("latin-1"))
+        if request.route is None:
+            request.error = EndpointNotFound(_ROUTE_HELP)
+        elif request.method != "POST":
+            request.error = MethodNotAllowed(f"method {request.method} not allowed: invocations take POST")
+
+    def _next(self) -> None:
+        if self._current is not None or not self._waiting:
+            return
+        request = self._current = self._waiting.popleft()
+        if self._reading_paused and not self._waiting and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        if request.error is not None:
+            self._answer(request, request.error)
+            return
+        assert request.route is not None
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BodyTooLarge(f"request body exceeds the limit of {MAX_BODY_BYTES} bytes") from None
-        return Invocation(
-            endpoint=route.endpoint,
-            served_model=route.served_model,
-            body=body,
-            headers=request.headers.items(),
-            request_id=request_id,
+            self._front.forwarder.admission.acquire(request.route.endpoint)
+        except Overloaded as error:
+            self._answer(request, error)
+            return
+        request.admitted = True
+        self._front.in_flight += 1
+        call = Invocation(
+            endpoint=request.route.endpoint,
+            body=b"".join(request.body),
+            served_model=request.route.served_model,
+            headers=b"".join(request.block),
+            request_id=request.request_id,
+        )
+        request.body = []
+        request.exchange = self._front.forwarder.exchange(call, self)
+        try:
+            request.exchange.start()
+        except Exception as exc:  # a bug, not a condition: logged with its traceback, answered as a 500
+            log.exception("internal error while serving a request")
+            request.exchange.cancel()
+            self.fail(SidecarError(f"internal error in serving-sidecar ({type(exc).__name__}); see its log"))
+
+    def _answer(self, request: _Request, error: SidecarError) -> None:
+        """An answer the sidecar makes itself, for `request`."""
+        request.status = error.status
+        body = error.body()
+        if self._front.draining:
+            request.keep_alive = False
+        out = [_STATUS_LINES.get(error.status) or _status_line(error.status)]
+        for name, value in error.headers().items():
+            out.append(f"{name}: {value}\r\n".encode("latin-1"))
+        out.append(f"X-Request-Id: {request.request_id}\r\nContent-Length: {len(body)}\r\n".encode())
+        if not request.keep_alive:
+            out.append(b"Connection: close\r\n")
+        out += (b"\r\n", body)
+        request.bytes_sent = len(body)
+        self._write(b"".join(out))
+        self._finish(request)
+
+    def _finish(self, request: _Request) -> None:
+        if self._current is request:
+            self._current = None
+        if request.admitted:
+            request.admitted = False
+            self._front.forwarder.admission.release(request.endpoint)
+            self._front.in_flight -= 1
+        request.exchange = None
+        self._record(request)
+        self._front.settled()
+        transport = self._transport
+        if transport is None:
+            return
+        if not request.keep_alive or self._front.draining:
+            transport.close()
+        elif self._waiting:
+            asyncio.get_running_loop().call_soon(self._next)  # not from inside the upstream's callbacks
+        else:
+            self.deadline = time.monotonic() + self._limits.keepalive_timeout
+
+    def _record(self, request: _Request) -> None:
+        self._front.on_request(
+            RequestRecord(
+                front=FRONT,
+                method=request.method,
+                path=logs.access_path(request.url.decode("latin-1")),
+                endpoint=request.endpoint,
+                status=request.status,
+                seconds=time.perf_counter() - request.started,
+                bytes_sent=request.bytes_sent,
+                request_id=request.request_id,
+            )
         )
 
+    def _refusing(self, error: SidecarError) -> _Refused:
+        self._refusal = error
+        return _Refused(error)
 
-def _accepted_route(request: web.Request, route: routing.Route | None) -> routing.Route:
-    """The route of an acceptable request, judged from its line and headers alone (no body read)."""
-    if route is None:
-        raise EndpointNotFound(
-            "no such route: use POST /serving-endpoints/<endpoint_name>/invocations or "
-            "/serving-endpoints/<endpoint_name>/served-models/<served_model_name>/invocations"
-        )
-    if request.method != "POST":
-        raise MethodNotAllowed(f"method {request.method} not allowed: invocations take POST")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise BodyTooLarge(f"request body is {request.content_length} bytes; the limit is {MAX_BODY_BYTES}")
-    return route
+    def _refuse(self, error: SidecarError) -> None:
+        """Rule 1: answer `error`, close, forward nothing."""
+        self._waiting.clear()
+        request = self._parsing or _Request()
+        self._parsing = None
+        self._front.buffered -= request.buffered
+        request.buffered = 0
+        request.keep_alive = False
+        if not request.request_id:
+            request.request_id = logs.new_request_id()
+        if self._current is not None:  # an answer is in progress: no room for ours, just close
+            self.abort()
+            return
+        self._current = request
+        self._answer(request, error)
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
 
 
-def _internal_error(exc: Exception) -> SidecarError:
-    """A bug, not a condition: logged with its traceback here, answered as a Databricks-shaped 500."""
-    log.exception("internal error while serving a request")
-    return SidecarError(f"internal error in serving-sidecar ({type(exc).__name__}); see its log")
+def _without_connection_tokens(block: list[bytes], connection: bytes) -> list[bytes]:
+    """Drop the headers the caller's `Connection` header names (they are hop-by-hop too)."""
+    named = {token.strip().lower() for token in connection.split(b",")} - {b"", b"close", b"keep-alive"}
+    if not named:
+        return block
+    kept: list[bytes] = []
+    for index in range(0, len(block), 4):
+        if block[index].lower() not in named:
+            kept += block[index : index + 4]
+    return kept
+
+
+def _parser_reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]

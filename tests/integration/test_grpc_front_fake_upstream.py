@@ -20,7 +20,7 @@ from proxy._proto.servingsidecar.v1 import serving_proxy_pb2_grpc as pb_grpc
 from proxy.config import MAX_BODY_BYTES, Address
 from proxy.downstream.grpc import GrpcFront
 from proxy.errors import NoCredential, SidecarError
-from proxy.forwarding import Invocation
+from proxy.forwarding import Invocation, default_headers
 from proxy.metrics import Metrics
 from tests.unit.test_grpc_mapping import ISSUE_TABLE
 
@@ -83,7 +83,7 @@ class Harness:
 async def harness() -> AsyncIterator[Harness]:
     forwarder = FakeForwarder()
     metrics = Metrics()
-    front = GrpcFront(forwarder, metrics, lambda name: name, lambda: True)  # type: ignore[arg-type]
+    front = GrpcFront(forwarder, lambda record: metrics.observe_request(record, record.endpoint), lambda: True)
     port = await front.start(Address("127.0.0.1", 0))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -143,7 +143,8 @@ async def test_success_carries_body_served_model_and_request_id(harness: Harness
     assert answer.json_body == b'{"predictions": [1]}'
     assert answer.served_model_name == "fraud-ro-1"
     assert dict(await call.initial_metadata())["x-request-id"] == "up-1"
-    assert list(harness.forwarder.calls[-1].headers) == [("x-request-id", "mine")]  # authorization dropped
+    call = harness.forwarder.calls[-1]
+    assert (call.request_id, call.headers) == ("mine", default_headers(False, False))  # authorization dropped
 
 
 async def test_stream_relays_event_data_and_drops_done(harness: Harness) -> None:

@@ -197,15 +197,15 @@ async def test_admin_endpoints(sidecar: Sidecar, client: aiohttp.ClientSession) 
 async def test_a_bug_is_a_databricks_shaped_500_and_the_sidecar_keeps_serving(
     sidecar: Sidecar, client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(call: object) -> None:
+    def broken(url: str, served_model: str | None) -> None:
         raise RuntimeError("a bug")
 
-    original = sidecar.forwarder._send_with_recovery
-    monkeypatch.setattr(sidecar.forwarder, "_send_with_recovery", broken)
+    original = sidecar.forwarder.target
+    monkeypatch.setattr(sidecar.forwarder, "target", broken)
     async with client.post(url(sidecar, "/serving-endpoints/fraud-ro/invocations"), json=RECORDS) as resp:
         assert resp.status == 500
         body = await resp.json()
     assert body["error_code"] == "INTERNAL_ERROR" and "RuntimeError" in body["message"]
-    monkeypatch.setattr(sidecar.forwarder, "_send_with_recovery", original)
+    monkeypatch.setattr(sidecar.forwarder, "target", original)
     async with client.post(url(sidecar, "/serving-endpoints/fraud-ro/invocations"), json=RECORDS) as resp:
         assert resp.status == 200

@@ -8,9 +8,10 @@ from prometheus_client import CollectorRegistry
 
 from proxy import __version__
 from proxy.credentials.cache import FetchOutcome
-from proxy.forwarding import UpstreamExchange, upstream_headers
+from proxy.forwarding import RequestRecord, UpstreamExchange, header_block
 from proxy.metrics import LATENCY_BUCKETS, Metrics
-from proxy.upstream import ConnectAttempt, PoolStats, connect_result
+from proxy.upstream.control import connect_result
+from proxy.upstream.pool import ConnectAttempt, PoolStats
 
 
 @pytest.fixture
@@ -35,9 +36,8 @@ def test_latency_buckets_span_one_millisecond_to_five_minutes() -> None:
 
 
 def test_requests_and_durations_per_front(metrics: Metrics) -> None:
-    metrics.observe_request(endpoint="e", front="http", code=200, seconds=0.002)
-    metrics.observe_request(endpoint="e", front="http", code=503, seconds=0.5)
-    metrics.observe_request(endpoint="e", front="grpc", code=200, seconds=0.004)
+    for front, status, seconds in (("http", 200, 0.002), ("http", 503, 0.5), ("grpc", 200, 0.004)):
+        metrics.observe_request(RequestRecord(front, "POST", "/", "raw-name", status, seconds, 0, "rid"), "e")
     assert value(metrics, "serving_sidecar_requests_total", endpoint="e", front="http", code="200") == 1
     assert value(metrics, "serving_sidecar_requests_total", endpoint="e", front="http", code="503") == 1
     assert value(metrics, "serving_sidecar_requests_total", endpoint="e", front="grpc", code="200") == 1
@@ -93,10 +93,10 @@ def test_connect_result_names_only_connect_failures(exc: BaseException, result: 
     assert connect_result(exc) == result
 
 
-def test_request_id_goes_upstream_in_place_of_the_callers() -> None:
-    headers = upstream_headers(
-        [("X-Request-Id", "from-caller"), ("Authorization", "Bearer x")], "tok", request_id="rid"
+def test_the_callers_authorization_request_id_and_hop_by_hop_headers_are_not_forwarded() -> None:
+    block = header_block(
+        [("X-Request-Id", "from-caller"), ("Authorization", "Bearer x"), ("Connection", "close"), ("X-Tag", "t")]
     )
-    assert headers.getall("X-Request-Id") == ["rid"]
-    assert headers["Authorization"] == "Bearer tok"
-    assert "X-Request-Id" not in upstream_headers([], "tok")
+    assert block == b"X-Tag: t\r\nContent-Type: application/json\r\nAccept: application/json\r\n"
+    own = header_block([(b"content-type", b"text/csv"), (b"ACCEPT", b"*/*")])
+    assert own == b"content-type: text/csv\r\nACCEPT: */*\r\n"

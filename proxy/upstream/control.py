@@ -1,0 +1,110 @@
+"""Control-plane calls (OAuth tokens, endpoint metadata): small whole answers, over aiohttp.
+
+These are rare and off the request path, so aiohttp's client serves them well: one session, one keep-alive
+pool to the workspace, the same TLS context as the data path. aiohttp's exceptions are translated here
+into `ConnectFailed`, `UpstreamUnreachable` and `UpstreamTimeout`; nothing above sees aiohttp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Iterator, Mapping
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDict
+
+from proxy.errors import ConnectFailed, UpstreamTimeout, UpstreamUnreachable
+from proxy.upstream.pool import ConnectAttempt, ConnectObserver, Timeouts, _ignore_connect
+
+
+def connect_result(exc: BaseException) -> str | None:
+    """The `ConnectAttempt.result` for an aiohttp exception, or None if it is not a connect failure."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls_error"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "error"
+    return None
+
+
+@contextlib.contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """Map aiohttp/asyncio failures to the sidecar's errors. Never includes headers (tokens) in messages."""
+    host = urlsplit(url).netloc
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as exc:  # before TimeoutError, of which it is a subclass
+        raise ConnectFailed(f"cannot connect to {host}: handshake timed out") from exc
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"{host} did not answer in time") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise ConnectFailed(f"cannot connect to {host}: {exc.strerror or exc}") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnreachable(f"{host} failed: {type(exc).__name__}") from exc
+
+
+class ControlPlane:
+    """Whole small answers from the workspace `host`: `fetch` returns (status, headers, body)."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        ssl_context: ssl.SSLContext,
+        timeouts: Timeouts,
+        on_connect: ConnectObserver = _ignore_connect,
+    ) -> None:
+        self.host = host
+        self._ssl_context = ssl_context
+        self._timeouts = timeouts
+        self._on_connect = on_connect
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"ControlPlane(open={self._session is not None})"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            trace = aiohttp.TraceConfig()
+            trace.on_connection_create_end.append(self._count_connect)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=32, keepalive_timeout=self._timeouts.idle_connection, ssl=self._ssl_context
+                ),
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                timeout=aiohttp.ClientTimeout(total=self._timeouts.first_byte, sock_connect=self._timeouts.connect),
+                trace_configs=[trace],
+                trust_env=False,
+            )
+        return self._session
+
+    async def _count_connect(self, *_: object) -> None:
+        self._on_connect(ConnectAttempt(self.host, "success"))
+
+    async def fetch(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None
+    ) -> tuple[int, CIMultiDict[str], bytes]:
+        with translate_errors(url), self._observe_connect_failure():
+            async with self._client().request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            ) as response:
+                return response.status, CIMultiDict(response.headers), await response.read()
+
+    @contextlib.contextmanager
+    def _observe_connect_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except aiohttp.ClientError as exc:
+            result = connect_result(exc)
+            if result is not None:
+                self._on_connect(ConnectAttempt(self.host, result))
+            raise
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
