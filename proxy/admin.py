@@ -7,12 +7,17 @@ Kubernetes: startupProbe -> /startupz, livenessProbe -> /healthz, readinessProbe
   stays 200 afterwards, so a Kubernetes native sidecar holds the app container back until it can serve.
 - /readyz does not depend on model health: only on a working credential, listeners up, not draining.
   It turns 503 as soon as a drain starts.
+- POST /quitquitquit starts the graceful stop (the `on_quit` hooks; the process then drains and exits 0),
+  for Jobs whose sidecar is an ordinary container. Only from a loopback address (the pod's own
+  containers): the admin listener is on the pod IP for the kubelet and Prometheus, and they must not be
+  able to stop it. Other methods: 405.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -43,13 +48,29 @@ class Health:
         return "ready"
 
 
-def build_admin_app(health: Callable[[], Health], metrics: Metrics) -> web.Application:
+def is_loopback_peer(remote: str | None) -> bool:
+    """Whether a peer address is loopback (IPv4-mapped IPv6 included); unknown or malformed is not."""
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def _answer(code: int, status: str, reason: str) -> web.Response:
+    return web.Response(
+        status=code, text=json.dumps({"status": status, "reason": reason}), content_type="application/json"
+    )
+
+
+def build_admin_app(
+    health: Callable[[], Health], metrics: Metrics, *, on_quit: Sequence[Callable[[], None]] = ()
+) -> web.Application:
+    """The admin routes. `on_quit` is read at each POST /quitquitquit, so hooks added later are called too."""
+
     def status(ok: bool, reason: str) -> web.Response:
-        return web.Response(
-            status=200 if ok else 503,
-            text=json.dumps({"status": "ok" if ok else "unavailable", "reason": reason}),
-            content_type="application/json",
-        )
+        return _answer(200 if ok else 503, "ok" if ok else "unavailable", reason)
 
     async def healthz(_: web.Request) -> web.Response:
         return status(True, "alive")
@@ -69,7 +90,21 @@ def build_admin_app(health: Callable[[], Health], metrics: Metrics) -> web.Appli
         response.headers["Content-Type"] = CONTENT_TYPE
         return response
 
+    async def quitquitquit(request: web.Request) -> web.Response:
+        if request.method != "POST":
+            response = _answer(405, "refused", "POST /quitquitquit stops the sidecar")
+            response.headers["Allow"] = "POST"
+            return response
+        if not is_loopback_peer(request.remote):
+            return _answer(403, "refused", "only the pod's own containers (loopback) may stop the sidecar")
+        if not on_quit:
+            return _answer(503, "unavailable", "this process does not stop on request")
+        for hook in on_quit:
+            hook()
+        return _answer(200, "ok", "stopping")
+
     app = web.Application()
+    app.router.add_route("*", "/quitquitquit", quitquitquit)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/startupz", startupz)
     app.router.add_get("/readyz", readyz)

@@ -141,6 +141,8 @@ class Sidecar:
         self._listeners: dict[str, Listener] = {}
         # run once, synchronously, when draining starts: gRPC health turns NOT_SERVING at the same moment
         self.on_drain: list[Callable[[], None]] = [self.grpc_front.begin_draining]
+        # run on POST /quitquitquit (admin listener): whoever runs the sidecar starts its graceful stop
+        self.on_quit: list[Callable[[], None]] = []
         self._started = False
         self._was_ready = False
         self._draining = False
@@ -202,7 +204,8 @@ class Sidecar:
 
     async def start(self) -> None:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
-        await self._listen(ADMIN, build_admin_app(self.health, self.metrics), self.settings.admin_listen)
+        admin = build_admin_app(self.health, self.metrics, on_quit=self.on_quit)
+        await self._listen(ADMIN, admin, self.settings.admin_listen)
         port = await self.http_front.start(self.settings.http_listen)
         self._listeners["http"] = self.http_front
         log.info("http listener on %s:%s", self.settings.http_listen.host, port)

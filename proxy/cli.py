@@ -1,7 +1,8 @@
-"""Command line: argv -> Settings, and the subcommands run | check | demo | emulator, with exit codes.
+"""Command line: argv -> Settings, and the subcommands run | check | wait | demo | inject | injector | emulator.
 
-Exit codes: 0 success (including a graceful drain after SIGTERM/SIGINT), 1 a check failed (check),
-2 bad configuration or usage, 128 + signal number when a second signal cut the drain short.
+Exit codes: 0 success (including a graceful drain after SIGTERM/SIGINT or POST /quitquitquit), 1 a check
+failed (check) or the sidecar was not ready in time (wait), 2 bad configuration, input or usage (a busy
+listen address included), 128 + signal number when a second signal cut the drain short.
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import shlex
 import signal
+import socket
+import ssl
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine, Sequence
@@ -19,10 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proxy import __version__, config, logs
+from proxy import __version__, config, logs, manifests, readiness
 from proxy.app import Sidecar
 from proxy.emulator import cli as emulator_cli
-from proxy.errors import ConfigError, SidecarError
+from proxy.errors import ConfigError, InjectError, SidecarError
+from proxy.inject import AUTH_MODES, InjectOptions, inject
+from proxy.injector import Injector
 
 log = logging.getLogger("serving_sidecar")
 
@@ -55,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(
         sub.add_parser("check", help="validate configuration, fetch tokens, resolve endpoints, print a table")
     )
+    wait = sub.add_parser("wait", help="wait until the sidecar is ready (its /readyz): exit 0, or 1 on timeout")
+    add_settings_arguments(wait)
+    wait.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="give up after (default 60)")
+    add_inject_commands(sub)
     demo = sub.add_parser("demo", help="emulated workspace + sidecar in one process, for a first look")
     demo.add_argument("--http-listen", default="127.0.0.1:8484")
     demo.add_argument("--admin-listen", default="127.0.0.1:8486")
@@ -65,11 +76,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_inject_commands(sub: Any) -> None:
+    inject_parser = sub.add_parser(
+        "inject", help="add serving-sidecar to the workloads of Kubernetes YAML (file or stdin) -> stdout"
+    )
+    inject_parser.add_argument("-f", "--filename", default="-", metavar="FILE", help="YAML to read (default: stdin)")
+    add_inject_arguments(inject_parser)
+    injector = sub.add_parser(
+        "injector", help="mutating admission webhook: inject pods labelled serving-sidecar/inject=true"
+    )
+    injector.add_argument("--listen", default="0.0.0.0:8443", metavar="HOST:PORT", help="HTTPS address")
+    injector.add_argument("--tls-cert", required=True, metavar="FILE", help="PEM certificate chain (re-read on change)")
+    injector.add_argument("--tls-key", required=True, metavar="FILE", help="PEM private key (re-read on change)")
+    injector.add_argument("--log-format", choices=config.LOG_FORMATS, default="text")
+    add_inject_arguments(injector)
+
+
+def add_inject_arguments(parser: argparse.ArgumentParser) -> None:
+    """The injection defaults; a pod's serving-sidecar/<flag name> annotation overrides each of them."""
+    defaults = InjectOptions()
+    group = parser.add_argument_group("what to inject (each also a pod annotation serving-sidecar/<name>)")
+    group.add_argument("--image", default=defaults.image, help=f"sidecar image (default {defaults.image})")
+    group.add_argument(
+        "--config-map",
+        default=defaults.config_map,
+        metavar="NAME",
+        help=f"ConfigMap holding config.yaml: host, client_id, endpoints... (default {defaults.config_map})",
+    )
+    group.add_argument(
+        "--secret",
+        default=defaults.secret,
+        metavar="NAME",
+        help=f"oauth-m2m: Secret holding client-secret (default {defaults.secret})",
+    )
+    group.add_argument("--auth", choices=AUTH_MODES, default=defaults.auth, help="default oauth-m2m")
+    group.add_argument(
+        "--token-audience", metavar="AUDIENCE", help="workload-identity: the projected token's audience (required)"
+    )
+    group.add_argument(
+        "--endpoint", action="append", default=[], metavar="NAME", help="endpoint to warm at start (repeatable)"
+    )
+
+
+def _inject_options(args: argparse.Namespace) -> InjectOptions:
+    return InjectOptions(
+        image=args.image,
+        config_map=args.config_map,
+        secret=args.secret,
+        auth=args.auth,
+        token_audience=args.token_audience,
+        endpoints=tuple(args.endpoint),
+    ).checked("options")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "emulator":
         return emulator_cli.run(args)
     logs.configure()
+    if args.command in ("inject", "injector", "wait"):
+        return {"inject": _inject, "injector": _injector, "wait": _wait}[args.command](args)
     try:
         if args.command == "demo":
             return run_on_loop(_demo(args), "uvloop")
@@ -107,7 +173,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 async def _serve(sidecar: Sidecar, banner: str = "") -> int:
-    """Serve until SIGTERM/SIGINT, then drain and return 0; a second signal exits at once."""
+    """Serve until SIGTERM/SIGINT or POST /quitquitquit, then drain and return 0; a second signal exits at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -119,6 +185,12 @@ async def _serve(sidecar: Sidecar, banner: str = "") -> int:
         log.info("%s: draining (send it again to exit at once)", name)
         stop.set()
 
+    def on_quit() -> None:
+        if not stop.is_set():
+            log.info("POST /quitquitquit: draining")
+            stop.set()
+
+    sidecar.on_quit.append(on_quit)
     for sig in SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
@@ -138,6 +210,105 @@ def _exit_now(code: int) -> None:
         handler.flush()
     sys.stdout.flush()
     os._exit(code)
+
+
+def _inject(args: argparse.Namespace) -> int:
+    """`inject`: YAML from a file or stdin, the same documents on stdout with serving-sidecar added."""
+    try:
+        options = _inject_options(args)
+        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+        sys.stdout.write(manifests.transform_stream(text, lambda doc: inject(doc, options)))
+    except OSError as error:
+        print(f"serving-sidecar inject: cannot read {args.filename}: {error.strerror}", file=sys.stderr)
+        return 2
+    except (InjectError, UnicodeDecodeError) as error:
+        print(f"serving-sidecar inject: {args.filename if args.filename != '-' else 'stdin'}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _injector(args: argparse.Namespace) -> int:
+    """`injector`: the admission webhook over HTTPS until SIGTERM/SIGINT, then exit 0."""
+    logs.configure(fmt=args.log_format)
+    try:
+        options = _inject_options(args)
+        listen = config.parse_address(args.listen, "listen")
+    except (InjectError, ConfigError) as error:
+        print(f"serving-sidecar injector: {error}", file=sys.stderr)
+        return 2
+    return asyncio.run(_run_injector(Injector(options, listen, Path(args.tls_cert), Path(args.tls_key))))
+
+
+async def _run_injector(injector: Injector) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await injector.start()
+    except (OSError, ssl.SSLError) as error:
+        print(f"serving-sidecar injector: cannot serve on {injector.listen}: {error}", file=sys.stderr)
+        return 2
+    try:
+        await stop.wait()
+        log.info("stopping the injector")
+    finally:
+        await injector.stop()
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    """`wait`: poll the admin listener of the configured sidecar until it is ready (0) or the timeout (1)."""
+    try:
+        admin = config.load_admin_address(vars(args))
+    except ConfigError as error:
+        print(f"serving-sidecar wait: configuration error: {error}", file=sys.stderr)
+        return 2
+    outcome = asyncio.run(readiness.wait_ready(admin, max(0.0, args.timeout)))
+    url = readiness.readyz_url(admin)
+    if outcome.ready:
+        print(f"serving-sidecar wait: ready ({url})", file=sys.stderr)
+        return 0
+    print(f"serving-sidecar wait: not ready after {args.timeout:g} s ({url}): {outcome.detail}", file=sys.stderr)
+    return 1
+
+
+LISTEN_OPTIONS = (("http-listen", "http_listen"), ("grpc-listen", "grpc_listen"), ("admin-listen", "admin_listen"))
+
+
+def listen_error(settings: config.Settings) -> str | None:
+    """One line naming the first listen option whose address cannot be bound now (in use, not local), else None.
+
+    Checked before starting, because the gRPC server binds with SO_REUSEPORT and would share a port that
+    another sidecar holds instead of failing.
+    """
+    for flag, key in LISTEN_OPTIONS:
+        address: config.Address = getattr(settings, key)
+        problem = _bind_problem(address)
+        if problem is not None:
+            return f"--{flag} {address}: {problem}; pass --{flag} HOST:PORT with a free port"
+    return None
+
+
+def _bind_problem(address: config.Address) -> str | None:
+    if address.port == 0:
+        return None
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listeners do
+            sock.bind(sockaddr)
+    except socket.gaierror as error:
+        return f"cannot resolve {address.host}: {error.strerror}"
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            return "address already in use (another serving-sidecar or demo running?)"
+        return f"cannot listen there: {error.strerror}"
+    return None
 
 
 async def _check(settings: config.Settings) -> int:
@@ -193,25 +364,37 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 async def _demo(args: argparse.Namespace) -> int:
     from proxy.emulator import Emulator, EmulatorSettings
 
-    async with Emulator(EmulatorSettings()) as emulator:
-        ca_file = Path(tempfile.mkdtemp(prefix="serving-sidecar-demo-")) / "emulator-ca.pem"
-        emulator.write_ca(ca_file)
-        names = [spec.name for spec in emulator.settings.endpoints]
-        flags: dict[str, Any] = {
-            "host": emulator.workspace_url,
-            "client_id": emulator.client_id,
-            "ca_bundle": str(ca_file),
-            "endpoint": names,
-            "http_listen": args.http_listen,
-            "admin_listen": args.admin_listen,
-            "grpc_listen": args.grpc_listen,
-            "drain_delay": 0.0,  # nothing balances load to a demo: Ctrl-C stops at once
-        }
-        settings = config.load(flags, environ={"DATABRICKS_CLIENT_SECRET": emulator.client_secret})
-        return await _serve(Sidecar(settings), _demo_banner(settings, emulator.workspace_url, names))
+    with tempfile.TemporaryDirectory(prefix="serving-sidecar-demo-") as tmp:
+        async with Emulator(EmulatorSettings()) as emulator:
+            ca_file = emulator.write_ca(Path(tmp) / "emulator-ca.pem")
+            secret_file = Path(tmp) / "client-secret"
+            secret_file.touch(mode=0o600)
+            secret_file.write_text(emulator.client_secret + "\n")
+            names = [spec.name for spec in emulator.settings.endpoints]
+            flags: dict[str, Any] = {
+                "host": emulator.workspace_url,
+                "client_id": emulator.client_id,
+                "client_secret_file": str(secret_file),
+                "ca_bundle": str(ca_file),
+                "endpoint": names,
+                "http_listen": args.http_listen,
+                "admin_listen": args.admin_listen,
+                "grpc_listen": args.grpc_listen,
+                "drain_delay": 0.0,  # nothing balances load to a demo: Ctrl-C stops at once
+            }
+            settings = config.load(flags, environ={})
+            busy = listen_error(settings)
+            if busy is not None:
+                print(f"serving-sidecar demo: {busy}", file=sys.stderr)
+                return 2
+            try:
+                return await _serve(Sidecar(settings), _demo_banner(settings, names))
+            except OSError as error:  # bound by something else since listen_error looked
+                print(f"serving-sidecar demo: cannot listen: {error}", file=sys.stderr)
+                return 2
 
 
-def _demo_banner(settings: config.Settings, workspace_url: str, names: list[str]) -> str:
+def _demo_banner(settings: config.Settings, names: list[str]) -> str:
     base = f"http://{settings.http_listen}"
     curl = "curl -s -H 'Content-Type: application/json'"
     examples = [
@@ -219,13 +402,36 @@ def _demo_banner(settings: config.Settings, workspace_url: str, names: list[str]
         ("chat-ro", '{"messages": [{"role": "user", "content": "hello there"}], "stream": true}'),
         ("plain-model", '{"instances": [[1, 2], [3, 4]]}'),
     ]
+    command = _own_command()
+    check = [
+        command,
+        "check",
+        *("--host", settings.host, "--client-id", settings.client_id),
+        *("--client-secret-file", str(settings.client_secret_file), "--ca-bundle", str(settings.ca_bundle)),
+        *(arg for name in names[:2] for arg in ("--endpoint", name)),
+    ]
     return "\n".join(
         [
-            f"serving-sidecar demo: emulated workspace at {workspace_url}, sidecar at {base}",
+            f"serving-sidecar demo: emulated workspace at {settings.host}, sidecar at {base}",
             f"endpoints: {', '.join(names)}; metrics at http://{settings.admin_listen}/metrics",
             "try:",
             *(f"  {curl} {base}/serving-endpoints/{name}/invocations -d '{body}'" for name, body in examples),
             f"gRPC: servingsidecar.v1.ServingProxy on {settings.grpc_listen} (reflection on; README section gRPC)",
+            "the preflight, against the emulated workspace (its client id, a secret file and the CA this demo wrote):",
+            f"  {shlex.join(check)}",
+            f"the commands are in {Path(command).parent}/ (serving-sidecar, python, ...)"
+            if "/" in command
+            else "the commands are on your PATH",
             "press Ctrl-C to stop",
         ]
     )
+
+
+def _own_command() -> str:
+    """This installation's serving-sidecar script, relative to the working directory when under it."""
+    script = Path(sys.executable).parent / "serving-sidecar"
+    if not script.exists():
+        return "serving-sidecar"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)

@@ -223,6 +223,20 @@ def load(
     return _validate(raw, env, profile)
 
 
+def load_admin_address(flags: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> Address:
+    """Only the admin listen address, from the same sources and precedence as `load`. For `serving-sidecar
+    wait`, which runs where the sidecar's credentials may not be mounted, so nothing else is validated."""
+    env = os.environ if environ is None else environ
+    config_path = flags.get("config") or env.get(ENV_PREFIX + "CONFIG")
+    file_values = _read_yaml(Path(config_path)) if config_path else {}
+    return _address(_pick(_BY_KEY["admin_listen"], flags, env, file_values), "admin_listen")
+
+
+def parse_address(value: str, key: str) -> Address:
+    """HOST:PORT (IPv6 in brackets) as an Address; ConfigError naming `key` otherwise."""
+    return _address(value, key)
+
+
 def _pick(opt: Option, flags: Mapping[str, Any], env: Mapping[str, str], file_values: Mapping[str, Any]) -> Any:
     flag = flags.get(opt.key)
     if flag is not None and flag != [] and flag is not False:

@@ -135,6 +135,10 @@ class ConfigError(Exception):
     """The configuration is unusable. The message names the key and says how to fix it."""
 
 
+class InjectError(Exception):
+    """A manifest or an injection option cannot be used; the message names the object and the field or annotation."""
+
+
 class TokenError(Exception):
     """A token request failed. `error` is the OAuth error code (or a transport reason); never holds secrets."""
 

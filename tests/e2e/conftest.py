@@ -60,20 +60,27 @@ async def emu() -> AsyncIterator[Emulator]:
 
 @pytest.fixture
 async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
-    """`await launch(*extra_args)`: a ready sidecar subprocess; killed at the end if still running."""
+    """`await launch(*extra_args)`: a ready sidecar subprocess; killed at the end if still running.
+
+    `ready=False` returns as soon as it is started; `env` adds to (or, with None values, removes from) its environment.
+    """
     ca_file = emu.write_ca(tmp_path / "ca.pem")
     started: list[SidecarProcess] = []
 
-    async def start(*extra: str) -> SidecarProcess:
+    async def start(*extra: str, ready: bool = True, env: dict[str, str | None] | None = None) -> SidecarProcess:
         http_port, admin_port = free_port(), free_port()
         output = tmp_path / f"sidecar-{len(started)}.log"
-        env = {
+        environ = {
             **os.environ,
             "DATABRICKS_HOST": emu.workspace_url,
             "DATABRICKS_CLIENT_ID": emu.client_id,
             "DATABRICKS_CLIENT_SECRET": emu.client_secret,
             "PYTHONUNBUFFERED": "1",
         }
+        for key, value in (env or {}).items():
+            environ.pop(key, None)
+            if value is not None:
+                environ[key] = value
         args = [
             sys.executable,
             "-m",
@@ -90,10 +97,11 @@ async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
             *extra,
         ]
         with output.open("wb") as sink:
-            process = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+            process = subprocess.Popen(args, env=environ, stdout=sink, stderr=subprocess.STDOUT)  # noqa: ASYNC220
         sidecar = SidecarProcess(process, http_port, admin_port, output)
         started.append(sidecar)
-        await _wait_ready(sidecar)
+        if ready:
+            await _wait_ready(sidecar)
         return sidecar
 
     yield start

