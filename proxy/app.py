@@ -49,6 +49,7 @@ log = logging.getLogger("serving_sidecar")
 
 
 ADMIN = "admin"
+MAX_LABELS = 1024  # endpoint names remembered as metric labels (the resolver caches as many)
 ADMIN_GRACE = 1.0  # seconds for a probe or scrape in progress when the admin listener closes
 
 
@@ -139,6 +140,7 @@ class Sidecar:
         self.metrics.watch_in_flight("http", lambda: self.http_front.in_flight)
         self.metrics.watch_in_flight("grpc", lambda: self.grpc_front.in_flight)
         self._listeners: dict[str, Listener] = {}
+        self._labels: set[str] = set()
         # run once, synchronously, when draining starts: gRPC health turns NOT_SERVING at the same moment
         self.on_drain: list[Callable[[], None]] = [self.grpc_front.begin_draining]
         # run on POST /quitquitquit (admin listener): whoever runs the sidecar starts its graceful stop
@@ -157,8 +159,13 @@ class Sidecar:
         return self.oauth.client_credentials
 
     def endpoint_label(self, name: str) -> str:
-        """Metric label for an endpoint name: configured or resolved names only."""
+        """Metric label for an endpoint name: configured or resolved names only (remembered once known)."""
+        if name in self._labels:
+            return name
         if name in self.settings.endpoints or self.resolver.cached(name) is not None:
+            if len(self._labels) >= MAX_LABELS:
+                self._labels.clear()
+            self._labels.add(name)
             return name
         return UNRESOLVED
 
@@ -171,7 +178,7 @@ class Sidecar:
                 logs.AccessRecord(
                     record.front,
                     record.method,
-                    record.path,
+                    logs.access_path(record.path),
                     label,
                     record.status,
                     record.seconds,
