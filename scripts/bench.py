@@ -1,6 +1,6 @@
 """What the sidecar costs per forwarded request, against nginx and a minimal aiohttp proxy (`make bench`).
 
-    .venv/bin/python scripts/bench.py [--duration 5] [--rounds 3] [--warmup 2] [--markdown FILE]
+    .venv/bin/python scripts/bench.py [--duration 3] [--rounds 5] [--warmup 2] [--markdown FILE]
                                       [--sidecar-variant NAME='ARGS' ...] [--skip TARGET ...]
 
 Everything on one machine, on loopback. wrk is the load generator; the model is an nginx over HTTPS
@@ -297,7 +297,6 @@ async def start_sidecar(procs: Processes, emulator: EmulatorProcess, name: str, 
         log_dir=procs.work / name,
     )
     sidecar.log_dir.mkdir()
-    sidecar.log_path = sidecar.log_dir / "sidecar.log"
     procs.sidecars.append(sidecar)
     await sidecar.start()
     target = Target(name, f"{sidecar.http_url}{PATH}", sidecar.pid)
@@ -529,8 +528,8 @@ def report(args: argparse.Namespace, targets: list[Target], samples: list[Sample
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds of each measured wrk run (default 5)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians (default 3)")
+    parser.add_argument("--duration", type=int, default=3, help="seconds of each measured wrk run (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; figures are medians (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per target first")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads at 16 connections (default 1)")
     parser.add_argument(
