@@ -437,8 +437,8 @@ async def bench(args: argparse.Namespace) -> int:
     try:
         targets, upstream_pid = await start_all(args, procs)
         samples = await rounds(args, targets, upstream_pid, work)
-    except BenchError as err:
-        print(f"\nbench FAILED: {err}", file=sys.stderr)
+    except RuntimeError as err:  # BenchError, or a process of the harness that did not start
+        print(f"\nbench FAILED: {err}\nlogs: {work}", file=sys.stderr)
         return 1
     finally:
         await procs.stop()
