@@ -21,7 +21,8 @@ limit, and on 2 cores a second thread only takes CPU from the proxy and the upst
 interleaved in rounds (each target once per round) so drift hits all alike; each figure is the median
 over rounds. CPU per request is utime+stime (+ reaped children) from /proc/<pid>/stat of the proxy's
 process tree over the wrk run, divided by the requests wrk completed; for `direct` it is the upstream
-nginx's own. Peak RSS is VmHWM summed over the tree. Every answer must be a 200: one call per target
+nginx's own. Peak RSS is VmHWM summed over the tree. wrk's own CPU share is shown too, so a
+run where the load generator was the limit can be told apart. Every answer must be a 200: one call per target
 per round is checked for status and body, warm-up runs count every status != 200 in a wrk Lua hook,
 and measured runs fail on wrk's "Non-2xx or 3xx" and socket-error counts (a per-response Lua hook
 would cost wrk 15-25% of its rate on the fastest targets). Not part of `make test`: figures are
@@ -38,6 +39,7 @@ import grp
 import json
 import os
 import pwd
+import resource
 import shlex
 import shutil
 import ssl
@@ -58,6 +60,7 @@ from bench_figures import (
     RATIO_HEADER,
     Sample,
     WrkOutputError,
+    busy_share,
     cell_rows,
     cpu_us_per_request,
     descendants,
@@ -325,6 +328,12 @@ def all_stats() -> dict[int, tuple[int, int]]:
     return stats
 
 
+def children_cpu_seconds() -> float:
+    """CPU of this process's reaped children: around one wrk run, that run's wrk (nothing else exits)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def tree_ticks(root: int) -> dict[int, int]:
     stats = all_stats()
     tree = descendants(root, {pid: ppid for pid, (ppid, _) in stats.items()})
@@ -361,9 +370,9 @@ async def run_wrk(args: argparse.Namespace, url: str, connections: int, seconds:
 
 
 async def measure(args: argparse.Namespace, target: Target, cpu_pid: int, connections: int, work: Path) -> Sample:
-    before = tree_ticks(cpu_pid)
+    before, wrk_before = tree_ticks(cpu_pid), children_cpu_seconds()
     text = await run_wrk(args, target.url, connections, args.duration, work / "post.lua")
-    after = tree_ticks(cpu_pid)
+    after, wrk_after = tree_ticks(cpu_pid), children_cpu_seconds()
     try:
         result = parse_wrk(text)
     except WrkOutputError as err:
@@ -372,7 +381,8 @@ async def measure(args: argparse.Namespace, target: Target, cpu_pid: int, connec
     if problems:
         raise BenchError(f"{target.name} at {connections} connections: {'; '.join(problems)}:\n{text}")
     cpu = cpu_us_per_request(before, after, os.sysconf("SC_CLK_TCK"), result.requests)
-    return Sample(target.name, connections, result, cpu, tree_status_kib(target.pid, "VmHWM"))
+    wrk_busy = busy_share(wrk_after - wrk_before, result.seconds)
+    return Sample(target.name, connections, result, cpu, tree_status_kib(target.pid, "VmHWM"), wrk_busy)
 
 
 async def warm_up(args: argparse.Namespace, target: Target, work: Path) -> None:
@@ -501,7 +511,8 @@ def report(args: argparse.Namespace, targets: list[Target], samples: list[Sample
         f"wrk -t1 at 1 connection, -t{args.wrk_threads} at 16"
     )
     notes = [
-        "CPU µs/req: the proxy's process tree (for direct: the upstream nginx's); peak RSS: VmHWM over the tree",
+        "CPU µs/req: the proxy's process tree (for direct: the upstream nginx's); peak RSS: VmHWM over the tree; "
+        "wrk CPU %: the load generator's own (100: one core flat out, the most one wrk thread can give)",
         targets_line(),
     ]
     print()

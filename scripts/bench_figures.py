@@ -120,6 +120,11 @@ def descendants(root: int, parents: Mapping[int, int]) -> set[int]:
     return tree
 
 
+def busy_share(cpu_seconds: float, wall_seconds: float) -> float:
+    """CPU seconds per wall second (a load generator near 1.0 per thread may be the limit)."""
+    return cpu_seconds / wall_seconds if wall_seconds > 0 else math.nan
+
+
 def cpu_us_per_request(before: Mapping[int, int], after: Mapping[int, int], clk_tck: int, requests: int) -> float:
     """CPU µs per request of a process tree from two samples of {pid: ticks}.
 
@@ -141,6 +146,7 @@ class Sample:
     wrk: WrkResult
     cpu_us: float  # the proxy's (for direct: the upstream nginx's) CPU µs per request
     peak_rss_kib: int | None  # VmHWM summed over the process tree, after the run
+    wrk_busy: float = math.nan  # wrk's CPU seconds per second of its run (1.0: one core flat out)
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,7 @@ class Cell:
     p99_ms: float
     cpu_us: float
     peak_rss_kib: int | None  # the largest over rounds
+    wrk_busy: float = math.nan
 
 
 def summarize(samples: Iterable[Sample]) -> list[Cell]:
@@ -178,6 +185,7 @@ def _cell(target: str, connections: int, group: Sequence[Sample]) -> Cell:
         p99_ms=statistics.median(s.wrk.p99_ms for s in group),
         cpu_us=statistics.median(s.cpu_us for s in group),
         peak_rss_kib=max(peaks) if peaks else None,
+        wrk_busy=statistics.median(s.wrk_busy for s in group),
     )
 
 
@@ -242,7 +250,7 @@ def _mib(kib: int | None) -> str:
     return "n/a" if kib is None else f"{kib / 1024:.1f}"
 
 
-CELL_HEADER = ("target", "conns", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "peak RSS MiB")
+CELL_HEADER = ("target", "conns", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "peak RSS MiB", "wrk CPU %")
 RATIO_HEADER = ("target", "req/s vs nginx-proxy @16", "p50 over direct @1 (ms)", "CPU µs/req @16", "idle RSS MiB")
 
 
@@ -256,6 +264,7 @@ def cell_rows(cells: Sequence[Cell]) -> list[tuple[str, ...]]:
             f"{c.p99_ms:.3f}",
             _num(c.cpu_us, ".1f"),
             _mib(c.peak_rss_kib),
+            _num(c.wrk_busy * 100, ".0f"),
         )
         for c in cells
     ]

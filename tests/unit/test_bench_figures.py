@@ -16,6 +16,8 @@ from bench_figures import (
     Sample,
     WrkOutputError,
     WrkResult,
+    busy_share,
+    cell_rows,
     cpu_us_per_request,
     descendants,
     duration_ms,
@@ -166,22 +168,30 @@ def _wrk(rate: float, p50: float, p99: float, requests: int = 1000) -> WrkResult
     return WrkResult(requests, 5.0, rate, p50, p99, 0, 0, None)
 
 
-def _sample(target: str, conns: int, rate: float, p50: float, cpu: float, rss: int | None = 1024) -> Sample:
-    return Sample(target, conns, _wrk(rate, p50, p50 * 4), cpu, rss)
+def _sample(
+    target: str, conns: int, rate: float, p50: float, cpu: float, rss: int | None = 1024, busy: float = 0.5
+) -> Sample:
+    return Sample(target, conns, _wrk(rate, p50, p50 * 4), cpu, rss, busy)
 
 
 def test_each_figure_is_the_median_over_rounds_and_rss_the_largest() -> None:
     samples = [
-        _sample("sidecar", 16, 1000, 1.0, 300, 70_000),
+        _sample("sidecar", 16, 1000, 1.0, 300, 70_000, 0.2),
         _sample("direct", 16, 50_000, 0.1, 12),
-        _sample("sidecar", 16, 3000, 3.0, 100, 72_000),
-        _sample("sidecar", 16, 2500, 9.0, 200, 71_000),
+        _sample("sidecar", 16, 3000, 3.0, 100, 72_000, 0.9),
+        _sample("sidecar", 16, 2500, 9.0, 200, 71_000, 0.3),
     ]
     cells = summarize(samples)
     assert [c.target for c in cells] == ["sidecar", "direct"]
     sidecar = cells[0]
     assert (sidecar.rounds, sidecar.requests, sidecar.rate, sidecar.p50_ms, sidecar.cpu_us) == (3, 3000, 2500, 3.0, 200)
-    assert sidecar.peak_rss_kib == 72_000
+    assert (sidecar.peak_rss_kib, sidecar.wrk_busy) == (72_000, 0.3)
+    assert cell_rows(cells)[0] == ("sidecar", "16", "2500", "3.000", "12.000", "200.0", "70.3", "30")
+
+
+def test_wrk_busy_is_cpu_seconds_per_wall_second() -> None:
+    assert busy_share(4.5, 5.0) == pytest.approx(0.9)
+    assert math.isnan(busy_share(1.0, 0.0))
 
 
 def _cells() -> list[Cell]:
@@ -242,9 +252,9 @@ def test_only_judged_targets_carry_pass_or_fail() -> None:
 
 
 def test_tables_align_in_text_and_are_valid_markdown() -> None:
-    rows = [("direct", "1", "30000", "0.030", "0.120", "15.0", "1.0")]
+    rows = [("direct", "1", "30000", "0.030", "0.120", "15.0", "1.0", "97")]
     text = text_table(CELL_HEADER, rows).splitlines()
     assert len({len(line) for line in text}) == 1 and text[1].startswith("direct ")
     markdown = markdown_table(CELL_HEADER, rows).splitlines()
-    assert markdown[1] == "|---|---|---|---|---|---|---|"
-    assert markdown[2] == "| direct | 1 | 30000 | 0.030 | 0.120 | 15.0 | 1.0 |"
+    assert markdown[1] == "|---|---|---|---|---|---|---|---|"
+    assert markdown[2] == "| direct | 1 | 30000 | 0.030 | 0.120 | 15.0 | 1.0 | 97 |"
