@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import datetime
 import grp
-import json
 import os
 import pwd
 import resource
@@ -362,7 +361,12 @@ async def run_wrk(args: argparse.Namespace, url: str, connections: int, seconds:
     process = await asyncio.create_subprocess_exec(
         *argv, "-s", str(script), url, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    out, _ = await asyncio.wait_for(process.communicate(), seconds + 60)
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), seconds + 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise BenchError(f"wrk against {url} did not finish within {seconds + 60} s") from None
     text = out.decode(errors="replace")
     if process.returncode != 0:
         raise BenchError(f"wrk exited with {process.returncode} against {url}:\n{text}")
@@ -398,10 +402,13 @@ async def warm_up(args: argparse.Namespace, target: Target, work: Path) -> None:
 async def check_answer(session: aiohttp.ClientSession, target: Target, context: ssl.SSLContext) -> None:
     """One call: status 200 and exactly the upstream's body (proves the path reaches the nginx upstream)."""
     headers = {"Content-Type": "application/json"}
-    async with session.post(target.url, data=BODY, headers=headers, ssl=context) as resp:
-        body = await resp.text()
-    if resp.status != 200 or json.loads(body) != json.loads(ANSWER):
-        raise BenchError(f"{target.name} answered {resp.status} {body[:300]!r}, expected 200 {ANSWER}")
+    try:
+        async with session.post(target.url, data=BODY, headers=headers, ssl=context) as resp:
+            status, body = resp.status, await resp.text()
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise BenchError(f"{target.name} did not answer: {type(err).__name__}: {err}") from None
+    if status != 200 or body.strip() != ANSWER:
+        raise BenchError(f"{target.name} answered {status} {body[:300]!r}, expected 200 {ANSWER}")
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -541,7 +548,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=3, help="seconds of each measured wrk run (default 3)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; figures are medians (default 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per target first")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of checked warm-up per target (default 2)")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads at 16 connections (default 1)")
     parser.add_argument(
         "--sidecar-variant",
@@ -560,8 +567,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown (for the README)")
     parser.add_argument("--check", action="store_true", help="exit 3 when a sidecar misses one of the issue's targets")
     args = parser.parse_args(argv)
-    if not 1 <= args.duration <= 120 or not 1 <= args.rounds <= 20 or not 0 <= args.warmup <= 60:
-        parser.error("--duration must be within 1..120, --rounds within 1..20, --warmup within 0..60")
+    if not 1 <= args.duration <= 120 or not 1 <= args.rounds <= 20 or not 1 <= args.warmup <= 60:
+        parser.error("--duration must be within 1..120, --rounds within 1..20, --warmup within 1..60")
     if not 1 <= args.wrk_threads <= 16:
         parser.error("--wrk-threads must be within 1..16")
     if DIRECT in args.skip or NGINX_PROXY in args.skip:
