@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,7 +22,7 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.admin import Health, build_admin_app
+from proxy.admin import build_admin_app
 from proxy.admission import Admission
 from proxy.config import Address, Settings
 from proxy.credentials.cache import Fetch
@@ -36,9 +37,10 @@ from proxy.credentials.sources import (
 from proxy.downstream.grpc import GrpcFront
 from proxy.downstream.http import HttpFront
 from proxy.endpoints import Resolver, metadata_fetcher
-from proxy.errors import SidecarError
+from proxy.errors import ConfigError, SidecarError
 from proxy.forwarding import Forwarder
 from proxy.metrics import UNRESOLVED, Metrics
+from proxy.readiness import Health, Readiness
 from proxy.retries import RetryPolicy
 from proxy.upstream import Timeouts, Upstream, build_ssl_context
 
@@ -101,7 +103,15 @@ class Sidecar:
             client_id=settings.client_id,
             read_secret=_secret_reader(settings),
         )
-        self.credentials = Credentials(self.oauth, self._workspace_fetch(), observer=self.metrics.observe_token_fetch)
+        # Readiness is recomputed on every event that can change it (rules in proxy/readiness.py).
+        self.readiness = Readiness(self._compute_health, usable_until=lambda: self.credentials.workspace.usable_until)
+        self.readiness.subscribe(lambda health: self.metrics.ready.set(1 if health.ready else 0))
+        self.credentials = Credentials(
+            self.oauth,
+            self._workspace_fetch(),
+            observer=self.metrics.observe_token_fetch,
+            on_workspace_change=self.readiness.current,
+        )
         self.resolver = Resolver(
             metadata_fetcher(self.upstream.fetch, self.credentials.workspace, settings.host),
             workspace_url=settings.host,
@@ -124,7 +134,7 @@ class Sidecar:
             on_exchange=self.metrics.observe_exchange,
         )
         self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label, access_log=settings.access_log)
-        self.grpc_front = GrpcFront(self.forwarder, self.metrics, self.endpoint_label, lambda: self.health().ready)
+        self.grpc_front = GrpcFront(self.forwarder, self.metrics, self.endpoint_label, self.readiness)
         self._listeners: dict[str, Listener] = {}
         # run once, synchronously, when draining starts: gRPC health turns NOT_SERVING at the same moment
         self.on_drain: list[Callable[[], None]] = [self.grpc_front.begin_draining]
@@ -148,7 +158,10 @@ class Sidecar:
         return UNRESOLVED
 
     def health(self) -> Health:
-        """Liveness, startup (ready at least once since start) and readiness, computed now."""
+        """Liveness, startup (ready at least once since start) and readiness, computed now (subscribers follow)."""
+        return self.readiness.current()
+
+    def _compute_health(self) -> Health:
         workspace = self.credentials.workspace
         error = workspace.last_error
         listening = bool(self._listeners) and not self._draining
@@ -183,6 +196,16 @@ class Sidecar:
             watcher = watch_file(self.settings.client_secret_file, self.credentials.workspace.retry_now)
             self._tasks.append(loop.create_task(watcher))
         self._started = True
+        self.readiness.current()
+
+    def reload_credentials(self) -> None:
+        """SIGHUP: fetch a workspace token now, re-reading the secret (or token) file, and end every token
+        failure backoff. A failed fetch keeps the current token; nothing stops."""
+        source = self.settings.client_secret_file or self.settings.token_file
+        what = f"re-reading {source}" if source else "the client secret comes from the environment or a profile"
+        failing = self.credentials.reload()
+        retried = f"; {failing} failed token(s) retried at once" if failing else ""
+        log.info("SIGHUP: %s; fetching a new workspace token now%s", what, retried)
 
     async def _listen(self, name: str, app: web.Application, address: Address) -> None:
         # handler_cancellation: a caller that hangs up cancels its handler, which closes the upstream request.
@@ -191,7 +214,12 @@ class Sidecar:
         )
         await runner.setup()
         site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"{name}-listen: cannot listen on {address}: {reason}") from None
         port = int(runner.addresses[0][1]) if runner.addresses else address.port
         self._listeners[name] = _AiohttpListener(runner, address, port)
         log.info("%s listener on %s:%s", name, address.host, port)
@@ -216,7 +244,7 @@ class Sidecar:
         if self._draining:
             return
         self._draining = True
-        self.metrics.ready.set(0)
+        self.readiness.current()
         for hook in self.on_drain:
             try:
                 hook()
@@ -248,6 +276,8 @@ class Sidecar:
         if admin is not None:
             await admin.stop(ADMIN_GRACE)
         self._listeners.clear()
+        self.readiness.current()
+        self.readiness.close()
         await self.credentials.close()
         await self.upstream.close()
 
