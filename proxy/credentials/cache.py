@@ -211,6 +211,8 @@ class RefreshingToken:
             raise error from exc
         finally:
             self._inflight = None
+        if self._failures:
+            log.info("%s obtained after %d failed attempt(s)", self._name(), self._failures)
         self._token, self._failures, self.last_error = token, 0, None
         self._observer(FetchOutcome(self.kind, self.label, True, token.expires_at, None))
         self._on_change()
@@ -225,8 +227,19 @@ class RefreshingToken:
             # Invariant 3 of `schedule`: never back off past the moment the current token stops being
             # usable, or callers get 503 inside the backoff although the token server is back.
             self._retry_at = min(self._retry_at, self._token.expires_at - schedule.UNUSABLE_MARGIN)
+        # The error's texts were cut and redacted where they were received (oauth.parse_token_response).
+        log.warning(
+            "%s fetch failed (%d in a row), next try in %.1f s: %s",
+            self._name(),
+            self._failures,
+            max(0.0, self._retry_at - now),
+            exc,
+        )
         self._observer(FetchOutcome(self.kind, self.label, False, self.expires_at, exc.error))
         self._on_change()
+
+    def _name(self) -> str:
+        return f"{self.kind} token" + (f" for {self.label}" if self.label else "")
 
     def _no_credential(self, now: float) -> NoCredential:
         error = self.last_error
