@@ -4,6 +4,7 @@ undecodable protobufs are INVALID_ARGUMENT; calls shed by admission are counted 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -113,7 +114,7 @@ async def test_each_readyz_answer_matches_grpc_check_throughout_start_and_drain(
         # given flip exactly twice (ready once started, unready once draining). A lagging gRPC health
         # would flip back and forth around each change.
         answers = [ready for r, c in pairs for ready in (r == 200, c == SERVING)]
-        flips = [answers[0]] + [b for a, b in zip(answers, answers[1:], strict=False) if a != b]
+        flips = [answers[0]] + [b for a, b in itertools.pairwise(answers) if a != b]
         assert flips == [False, True, False], pairs
 
 
