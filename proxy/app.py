@@ -186,9 +186,10 @@ class Sidecar:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
         await self._listen(ADMIN, build_admin_app(self.health, self.metrics), self.settings.admin_listen)
         await self._listen("http", self.http_front.app(), self.settings.http_listen)
-        port = await self.grpc_front.start(self.settings.grpc_listen)
+        await self.grpc_front.start(self.settings.grpc_listen)
         self._listeners["grpc"] = self.grpc_front
-        log.info("grpc listener on %s:%s", self.settings.grpc_listen.host, port)
+        # One line once all are bound: a port in use is then the only line a failed start writes.
+        log.info("listening: %s", ", ".join(f"{name} on {self._bound(name)}" for name in ("http", "grpc", ADMIN)))
         self.credentials.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._warm_configured()))
@@ -222,7 +223,10 @@ class Sidecar:
             raise ConfigError(f"{name}-listen: cannot listen on {address}: {reason}") from None
         port = int(runner.addresses[0][1]) if runner.addresses else address.port
         self._listeners[name] = _AiohttpListener(runner, address, port)
-        log.info("%s listener on %s:%s", name, address.host, port)
+
+    def _bound(self, name: str) -> Address:
+        configured: Address = getattr(self.settings, f"{name}_listen")
+        return Address(configured.host, self.port(name))
 
     async def _warm_configured(self) -> None:
         for name in self.settings.endpoints:

@@ -60,19 +60,24 @@ async def emu() -> AsyncIterator[Emulator]:
 
 @pytest.fixture
 async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
-    """`await launch(*extra_args)`: a ready sidecar subprocess; killed at the end if still running."""
+    """`await launch(*extra_args)`: a ready sidecar subprocess; killed at the end if still running.
+
+    `env` overrides variables (e.g. a wrong DATABRICKS_CLIENT_SECRET); `ready=False` returns once the
+    admin listener answers, ready or not.
+    """
     ca_file = emu.write_ca(tmp_path / "ca.pem")
     started: list[SidecarProcess] = []
 
-    async def start(*extra: str) -> SidecarProcess:
+    async def start(*extra: str, env: dict[str, str] | None = None, ready: bool = True) -> SidecarProcess:
         http_port, admin_port = free_port(), free_port()
         output = tmp_path / f"sidecar-{len(started)}.log"
-        env = {
+        environ = {
             **os.environ,
             "DATABRICKS_HOST": emu.workspace_url,
             "DATABRICKS_CLIENT_ID": emu.client_id,
             "DATABRICKS_CLIENT_SECRET": emu.client_secret,
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         args = [
             sys.executable,
@@ -90,10 +95,10 @@ async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
             *extra,
         ]
         with output.open("wb") as sink:
-            process = subprocess.Popen(args, env=env, stdout=sink, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+            process = subprocess.Popen(args, env=environ, stdout=sink, stderr=subprocess.STDOUT)  # noqa: ASYNC220
         sidecar = SidecarProcess(process, http_port, admin_port, output)
         started.append(sidecar)
-        await _wait_ready(sidecar)
+        await _wait_ready(sidecar, statuses=(200,) if ready else (200, 503))
         return sidecar
 
     yield start
@@ -103,14 +108,14 @@ async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
             await asyncio.to_thread(sidecar.process.wait, 10)
 
 
-async def _wait_ready(sidecar: SidecarProcess) -> None:
+async def _wait_ready(sidecar: SidecarProcess, statuses: tuple[int, ...] = (200,)) -> None:
     deadline = time.monotonic() + READY_WITHIN
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             assert sidecar.process.poll() is None, f"sidecar exited early:\n{sidecar.log()}"
             try:
                 async with session.get(sidecar.url("/readyz", "admin")) as resp:
-                    if resp.status == 200:
+                    if resp.status in statuses:
                         return
             except aiohttp.ClientError:
                 pass  # not listening yet
