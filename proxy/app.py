@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy import logs
-from proxy.admin import Health, build_admin_app
+from proxy.admin import build_admin_app
 from proxy.admission import Admission
 from proxy.config import Address, Settings
 from proxy.credentials.cache import Fetch
@@ -37,9 +38,10 @@ from proxy.credentials.sources import (
 from proxy.downstream.grpc import GrpcFront
 from proxy.downstream.http import HttpFront, Limits
 from proxy.endpoints import Resolver, metadata_fetcher
-from proxy.errors import SidecarError
+from proxy.errors import ConfigError, SidecarError
 from proxy.forwarding import Forwarder, RequestRecord
 from proxy.metrics import UNRESOLVED, Metrics
+from proxy.readiness import Health, Readiness
 from proxy.retries import RetryPolicy
 from proxy.upstream import build_ssl_context
 from proxy.upstream.control import ControlPlane
@@ -113,7 +115,15 @@ class Sidecar:
             client_id=settings.client_id,
             read_secret=_secret_reader(settings),
         )
-        self.credentials = Credentials(self.oauth, self._workspace_fetch(), observer=self.metrics.observe_token_fetch)
+        # Readiness is recomputed on every event that can change it (rules in proxy/readiness.py).
+        self.readiness = Readiness(self._compute_health, usable_until=lambda: self.credentials.workspace.usable_until)
+        self.readiness.subscribe(lambda health: self.metrics.ready.set(1 if health.ready else 0))
+        self.credentials = Credentials(
+            self.oauth,
+            self._workspace_fetch(),
+            observer=self.metrics.observe_token_fetch,
+            on_workspace_change=self.readiness.current,
+        )
         self.resolver = Resolver(
             metadata_fetcher(self.control.fetch, self.credentials.workspace, settings.host),
             workspace_url=settings.host,
@@ -136,7 +146,7 @@ class Sidecar:
             on_exchange=self.metrics.observe_exchange,
         )
         self.http_front = HttpFront(self.forwarder, on_request=self.observe_request, limits=_limits(settings))
-        self.grpc_front = GrpcFront(self.forwarder, self.observe_request, lambda: self.health().ready)
+        self.grpc_front = GrpcFront(self.forwarder, self.observe_request, self.readiness)
         self.metrics.watch_in_flight("http", lambda: self.http_front.in_flight)
         self.metrics.watch_in_flight("grpc", lambda: self.grpc_front.in_flight)
         self._listeners: dict[str, Listener] = {}
@@ -188,7 +198,10 @@ class Sidecar:
             )
 
     def health(self) -> Health:
-        """Liveness, startup (ready at least once since start) and readiness, computed now."""
+        """Liveness, startup (ready at least once since start) and readiness, computed now (subscribers follow)."""
+        return self.readiness.current()
+
+    def _compute_health(self) -> Health:
         workspace = self.credentials.workspace
         error = workspace.last_error
         listening = bool(self._listeners) and not self._draining
@@ -213,12 +226,16 @@ class Sidecar:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
         admin = build_admin_app(self.health, self.metrics, on_quit=self.on_quit)
         await self._listen(ADMIN, admin, self.settings.admin_listen)
-        port = await self.http_front.start(self.settings.http_listen)
+        try:
+            await self.http_front.start(self.settings.http_listen)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"http-listen: cannot listen on {self.settings.http_listen}: {reason}") from None
         self._listeners["http"] = self.http_front
-        log.info("http listener on %s:%s", self.settings.http_listen.host, port)
-        port = await self.grpc_front.start(self.settings.grpc_listen)
+        await self.grpc_front.start(self.settings.grpc_listen)
         self._listeners["grpc"] = self.grpc_front
-        log.info("grpc listener on %s:%s", self.settings.grpc_listen.host, port)
+        # One line once all are bound: a port in use is then the only line a failed start writes.
+        log.info("listening: %s", ", ".join(f"{name} on {self._bound(name)}" for name in ("http", "grpc", ADMIN)))
         self.credentials.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._warm_configured()))
@@ -226,6 +243,16 @@ class Sidecar:
             watcher = watch_file(self.settings.client_secret_file, self.credentials.workspace.retry_now)
             self._tasks.append(loop.create_task(watcher))
         self._started = True
+        self.readiness.current()
+
+    def reload_credentials(self) -> None:
+        """SIGHUP: fetch a workspace token now, re-reading the secret (or token) file, and end every token
+        failure backoff. A failed fetch keeps the current token; nothing stops."""
+        source = self.settings.client_secret_file or self.settings.token_file
+        what = f"re-reading {source}" if source else "the client secret comes from the environment or a profile"
+        failing = self.credentials.reload()
+        retried = f"; {failing} failed token(s) retried at once" if failing else ""
+        log.info("SIGHUP: %s; fetching a new workspace token now%s", what, retried)
 
     async def _listen(self, name: str, app: web.Application, address: Address) -> None:
         # handler_cancellation: a caller that hangs up cancels its handler, which closes the upstream request.
@@ -234,10 +261,18 @@ class Sidecar:
         )
         await runner.setup()
         site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"{name}-listen: cannot listen on {address}: {reason}") from None
         port = int(runner.addresses[0][1]) if runner.addresses else address.port
         self._listeners[name] = _AiohttpListener(runner, address, port)
-        log.info("%s listener on %s:%s", name, address.host, port)
+
+    def _bound(self, name: str) -> Address:
+        configured: Address = getattr(self.settings, f"{name}_listen")
+        return Address(configured.host, self.port(name))
 
     async def _warm_configured(self) -> None:
         for name in self.settings.endpoints:
@@ -259,7 +294,7 @@ class Sidecar:
         if self._draining:
             return
         self._draining = True
-        self.metrics.ready.set(0)
+        self.readiness.current()
         for hook in self.on_drain:
             try:
                 hook()
@@ -291,6 +326,8 @@ class Sidecar:
         if admin is not None:
             await admin.stop(ADMIN_GRACE)
         self._listeners.clear()
+        self.readiness.current()
+        self.readiness.close()
         await self.credentials.close()
         self.upstream.close()
         await self.control.close()
