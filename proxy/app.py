@@ -39,7 +39,7 @@ from proxy.endpoints import Resolver, metadata_fetcher
 from proxy.errors import SidecarError
 from proxy.forwarding import Forwarder
 from proxy.metrics import UNRESOLVED, Metrics
-from proxy.retries import RetryPolicy
+from proxy.retries import RetryBudget, RetryPolicy
 from proxy.upstream import Timeouts, Upstream, build_ssl_context
 
 log = logging.getLogger("serving_sidecar")
@@ -101,7 +101,9 @@ class Sidecar:
             client_id=settings.client_id,
             read_secret=_secret_reader(settings),
         )
-        self.credentials = Credentials(self.oauth, self._workspace_fetch(), observer=self.metrics.observe_token_fetch)
+        self.credentials = Credentials(
+            self.oauth, self._workspace_fetch(), workspace_url=settings.host, observer=self.metrics.observe_token_fetch
+        )
         self.resolver = Resolver(
             metadata_fetcher(self.upstream.fetch, self.credentials.workspace, settings.host),
             workspace_url=settings.host,
@@ -109,6 +111,8 @@ class Sidecar:
             on_resolve=self.metrics.observe_resolution,
             # a recreated or deleted endpoint's data-plane token stops refreshing
             on_change=lambda old: self.credentials.forget(old.url, old.authorization_details),
+            configured=frozenset(settings.endpoints),
+            only_configured=settings.only_configured_endpoints,
         )
         self.forwarder = Forwarder(
             self.resolver,
@@ -120,6 +124,7 @@ class Sidecar:
                 budget=settings.retry_budget,
                 idempotent=frozenset(settings.idempotent_endpoints),
             ),
+            budget=RetryBudget(ratio=settings.retry_ratio, min_per_second=settings.min_retries_per_second),
             on_retry=lambda endpoint, reason: self.metrics.observe_retry(self.endpoint_label(endpoint), reason),
             on_exchange=self.metrics.observe_exchange,
         )

@@ -103,6 +103,12 @@ class StaleConnection(UpstreamUnreachable):
     """A reused pooled connection was reset before any response byte: retry once on a fresh connection."""
 
 
+class BadMetadata(UpstreamUnreachable):
+    """The workspace's answer about an endpoint is malformed, or unsafe to act on (a data-plane URL that is
+    not https, a route-optimized URL without authorization details, a token that would go to another host):
+    refused, and no token is sent anywhere."""
+
+
 class Overloaded(SidecarError):
     """Too many requests in flight (globally or for one endpoint): shed at once instead of queueing."""
 
@@ -112,6 +118,14 @@ class Overloaded(SidecarError):
     @property
     def grpc_code(self) -> str:
         return "RESOURCE_EXHAUSTED"
+
+
+class LookupsThrottled(SidecarError):
+    """Too many workspace lookups of names the sidecar does not know: refused at once, with Retry-After, so
+    a caller cycling through names cannot turn the sidecar into an amplifier against the workspace API."""
+
+    status = 429
+    error_code = "REQUEST_LIMIT_EXCEEDED"
 
 
 class NoCredential(SidecarError):

@@ -12,6 +12,9 @@ Rules:
 8. Nothing is retried after the reply has been handed to the front.
 9. Observers get frozen details only (`UpstreamExchange` when the reply handed to the front is closed,
    `(endpoint, reason)` for each retry); their endpoint names resolved, so they are safe metric labels.
+10. An upstream answer that is not final (a 1xx the client library handed on, such as 101) is a 502.
+11. Retries under rule 7 also need the shared `retries.RetryBudget`; the invocation's `retries.Outcome`
+    records what was done, for the fronts' advice to clients (`retries.client_retry_headers`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from proxy.admission import Admission
 from proxy.config import MAX_BODY_BYTES
 from proxy.credentials.sources import Credentials
 from proxy.endpoints import Resolution, Resolver, TokenSource
-from proxy.errors import BodyTooLarge, ConnectFailed, StaleConnection, UpstreamTimeout
+from proxy.errors import BodyTooLarge, ConnectFailed, StaleConnection, UpstreamTimeout, UpstreamUnreachable
 from proxy.routing import invocation_url
 from proxy.upstream import Reply, Upstream
 
@@ -130,6 +133,7 @@ class _Progress:
     reauthenticated: bool = False
     reresolved: bool = False
     fresh: bool = False
+    outcome: retries.Outcome = field(default_factory=retries.Outcome)
 
 
 class Forwarder:
@@ -141,6 +145,7 @@ class Forwarder:
         *,
         admission: Admission | None = None,
         policy: retries.RetryPolicy | None = None,
+        budget: retries.RetryBudget | None = None,
         on_retry: RetryHook = _no_hook,
         on_exchange: ExchangeHook = _no_exchange_hook,
     ) -> None:
@@ -149,6 +154,7 @@ class Forwarder:
         self._upstream = upstream
         self.admission = admission or Admission(max_total=1024, max_per_endpoint=1024)
         self._policy = policy or retries.RetryPolicy()
+        self._budget = budget or retries.RetryBudget()
         self._on_retry = on_retry
         self._on_exchange = on_exchange
 
@@ -163,20 +169,25 @@ class Forwarder:
             yield
 
     @contextlib.asynccontextmanager
-    async def invoke(self, call: Invocation) -> AsyncIterator[Reply]:
-        """The upstream reply to `call`, its body still streaming; closed when the block exits."""
+    async def invoke(self, call: Invocation, outcome: retries.Outcome | None = None) -> AsyncIterator[Reply]:
+        """The upstream reply to `call`, its body still streaming; closed when the block exits.
+
+        `outcome`, when given, is filled in with what was done (rule 11), whether a reply comes or an error.
+        """
         if len(call.body) > MAX_BODY_BYTES:
             raise BodyTooLarge(f"request body is {len(call.body)} bytes; the limit is {MAX_BODY_BYTES}")
-        reply = await self._send_with_recovery(call)
+        reply = await self._send_with_recovery(call, outcome or retries.Outcome())
         try:
             yield reply
         finally:
             reply.close()
             self._on_exchange(exchange_of(call.endpoint, reply))
 
-    async def _send_with_recovery(self, call: Invocation) -> Reply:
+    async def _send_with_recovery(self, call: Invocation, outcome: retries.Outcome) -> Reply:
         resolution = await self._resolver.resolve(call.endpoint)
-        progress = _Progress()
+        self._budget.record_request()
+        outcome.idempotent = call.endpoint in self._policy.idempotent
+        progress = _Progress(outcome=outcome)
         while True:
             # A retry after a wait uses the newest resolution: the endpoint may have been recreated meanwhile.
             resolution = self._resolver.cached(call.endpoint) or resolution
@@ -201,6 +212,7 @@ class Forwarder:
         self, resolution: Resolution, call: Invocation, access_token: str, progress: _Progress
     ) -> Reply | None:
         """One send; None when it failed in a way that is retried (rules 6 and 7)."""
+        progress.outcome.sent = True
         try:
             return await self._send(resolution, call, access_token, fresh=progress.fresh)
         except StaleConnection:
@@ -270,6 +282,10 @@ class Forwarder:
         )
         if not decision.retry:
             return False
+        if not self._budget.try_retry():  # rule 11: a sustained throttle is not multiplied
+            progress.outcome.budget_spent = True
+            return False
+        progress.outcome.retried = True
         if reply is not None:
             reply.close()
         self._on_retry(endpoint, decision.reason)
@@ -281,7 +297,11 @@ class Forwarder:
     async def _send(self, resolution: Resolution, call: Invocation, access_token: str, *, fresh: bool) -> Reply:
         url = invocation_url(resolution.url, call.served_model)
         headers = upstream_headers(call.headers, access_token, request_id=call.request_id)
-        return await self._upstream.send("POST", url, headers=headers, body=call.body, fresh=fresh)
+        reply = await self._upstream.send("POST", url, headers=headers, body=call.body, fresh=fresh)
+        if reply.status < 200:  # rule 10: e.g. 101 Switching Protocols, which no caller can use
+            reply.close()
+            raise UpstreamUnreachable(f"upstream answered HTTP {reply.status}, not a final response")
+        return reply
 
     async def warm(self, name: str, connections: int) -> Resolution:
         """Resolve `name`, mint its token and open pooled connections to its host ahead of traffic."""

@@ -24,6 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.errors import ConnectFailed, StaleConnection, UpstreamTimeout, UpstreamUnreachable
 
 LARGE_BODY = 1 << 20
+MAX_CONTROL_PLANE_BYTES = 1 << 20  # token and metadata answers are a few KiB; refuse anything larger
 
 
 @dataclass(frozen=True)
@@ -312,10 +313,16 @@ class Upstream:
     async def fetch(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None
     ) -> tuple[int, CIMultiDict[str], bytes]:
-        """A whole small response (control-plane calls): status, headers, body."""
+        """A whole small response (control-plane calls): status, headers, body. An answer over
+        MAX_CONTROL_PLANE_BYTES is not read further: UpstreamUnreachable, and the connection is dropped."""
         reply = await self.send(method, url, headers=headers, body=body)
         try:
-            return reply.status, CIMultiDict(reply.headers), await reply.read()
+            answer = bytearray()
+            async for chunk in reply.chunks():
+                answer += chunk
+                if len(answer) > MAX_CONTROL_PLANE_BYTES:
+                    raise UpstreamUnreachable(f"{origin_of(url)} answered over {MAX_CONTROL_PLANE_BYTES} bytes")
+            return reply.status, CIMultiDict(reply.headers), bytes(answer)
         finally:
             reply.close()
 

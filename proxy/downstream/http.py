@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from proxy import logs, routing
+from proxy import logs, retries, routing
 from proxy.config import MAX_BODY_BYTES
 from proxy.errors import BodyTooLarge, EndpointNotFound, MethodNotAllowed, SidecarError
 from proxy.forwarding import Forwarder, Invocation, downstream_headers
@@ -27,17 +27,24 @@ FRONT = "http"
 LabelFor = Callable[[str], str]
 
 
-def error_response(error: SidecarError, request_id: str | None = None) -> web.Response:
+def error_response(
+    error: SidecarError, request_id: str | None = None, advice: list[tuple[str, str]] | None = None
+) -> web.Response:
     headers = error.headers()
+    headers.update(advice or ())
     if request_id is not None:
         headers[logs.REQUEST_ID_HEADER] = request_id
     return web.Response(status=error.status, body=error.body(), headers=headers)
 
 
-def _reply_headers(upstream: list[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
-    """Upstream headers for the caller, with the caller's request id in place of any upstream one."""
-    kept = [(name, value) for name, value in upstream if name.lower() != "x-request-id"]
-    return [*kept, (logs.REQUEST_ID_HEADER, request_id)]
+def _reply_headers(
+    upstream: list[tuple[str, str]], request_id: str, advice: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Upstream headers for the caller, with the caller's request id and the sidecar's retry advice in place
+    of any upstream ones."""
+    replaced = {"x-request-id", *(name for name, _ in advice)}
+    kept = [(name, value) for name, value in upstream if name.lower() not in replaced]
+    return [*kept, *advice, (logs.REQUEST_ID_HEADER, request_id)]
 
 
 def _size(response: web.StreamResponse | None) -> int | None:
@@ -96,12 +103,14 @@ class HttpFront:
 
     async def _serve(self, request: web.Request, route: routing.Route | None, request_id: str) -> web.StreamResponse:
         response: web.StreamResponse | None = None
+        outcome = retries.Outcome()
         try:
             accepted = _accepted_route(request, route)
             with self._forwarder.admit(accepted.endpoint):  # before the body is read: bounded memory
                 call = await self._invocation(request, accepted, request_id)
-                async with self._forwarder.invoke(call) as reply:
-                    headers = _reply_headers(downstream_headers(reply.headers), request_id)
+                async with self._forwarder.invoke(call, outcome) as reply:
+                    advice = retries.client_retry_headers(reply.status, outcome)
+                    headers = _reply_headers(downstream_headers(reply.headers), request_id, advice)
                     response = web.StreamResponse(status=reply.status, headers=headers)
                     length = reply.headers.get("Content-Length")
                     if length is not None and length.isdigit():
@@ -114,7 +123,7 @@ class HttpFront:
         except Exception as exc:
             error = exc if isinstance(exc, SidecarError) else _internal_error(exc)
             if response is None or not response.prepared:
-                return error_response(error, request_id)
+                return error_response(error, request_id, retries.client_retry_headers(error.status, outcome, error))
             # Headers already went out: cut the connection so the caller sees a broken answer, not a short one.
             if request.transport is not None:
                 request.transport.close()

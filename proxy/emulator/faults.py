@@ -61,6 +61,9 @@ class Faults:
         metadata answer (``GET /api/2.0/serving-endpoints/{name}``): hostile or unusual metadata for tests
         (an ``http://`` endpoint_url, no authorization_details, a malformed field) or a data-plane URL
         that points at another server (a benchmark's upstream). Replaced whole by a patch; null clears.
+    metadata_failures: per endpoint name (known or not), an HTTP status (429 or 5xx) that metadata reads
+        of that name answer instead, Databricks-shaped (429 with ``Retry-After: 1``). Replaced whole by a
+        patch; null clears.
     planned_failures: queue filled by ``fail_next`` (read-only through the patch route).
     """
 
@@ -73,6 +76,7 @@ class Faults:
     close_after_requests: int | None = None
     connection_faults_on_control_plane: bool = False
     metadata_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metadata_failures: dict[str, int] = field(default_factory=dict)
     planned_failures: list[PlannedFailure] = field(default_factory=list)
 
     def latency_for(self, name: str, default: float) -> float:
@@ -115,6 +119,7 @@ class Faults:
             "close_after_requests": self.close_after_requests,
             "connection_faults_on_control_plane": self.connection_faults_on_control_plane,
             "metadata_overrides": copy.deepcopy(self.metadata_overrides),
+            "metadata_failures": dict(self.metadata_failures),
             "planned_failures": [p.as_dict() for p in self.planned_failures],
         }
 
@@ -195,6 +200,19 @@ def _set_metadata_overrides(faults: Faults, value: object) -> None:
     faults.metadata_overrides = {name: copy.deepcopy(dict(patch)) for name, patch in value.items()}
 
 
+def _set_metadata_failures(faults: Faults, value: object) -> None:
+    if value is None:
+        faults.metadata_failures = {}
+        return
+    if not isinstance(value, Mapping) or not all(
+        isinstance(name, str) and status in FAILURE_STATUSES for name, status in value.items()
+    ):
+        raise FaultsError(
+            f"metadata_failures must be an object of endpoint name -> one of {FAILURE_STATUSES}, got {value!r}"
+        )
+    faults.metadata_failures = dict(value)
+
+
 def merge_patch(target: object, patch: object) -> object:
     """RFC 7386 JSON merge patch: objects merge member by member, null removes, anything else replaces."""
     if not isinstance(patch, Mapping):
@@ -224,5 +242,6 @@ _SETTERS: dict[str, _Setter] = {
     "close_after_requests": _set_close_after_requests,
     "connection_faults_on_control_plane": _set_bool("connection_faults_on_control_plane"),
     "metadata_overrides": _set_metadata_overrides,
+    "metadata_failures": _set_metadata_failures,
     "planned_failures": _set_planned_failures,
 }

@@ -197,7 +197,7 @@ async def test_admin_endpoints(sidecar: Sidecar, client: aiohttp.ClientSession) 
 async def test_a_bug_is_a_databricks_shaped_500_and_the_sidecar_keeps_serving(
     sidecar: Sidecar, client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(call: object) -> None:
+    async def broken(call: object, outcome: object) -> None:
         raise RuntimeError("a bug")
 
     original = sidecar.forwarder._send_with_recovery

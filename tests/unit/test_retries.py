@@ -41,7 +41,7 @@ def test_other_statuses_are_never_retried(status: int) -> None:
 
 
 def test_backoff_is_capped_and_retry_after_parsing_ignores_dates() -> None:
-    assert backoff(1, 1.0) == 0.2 and backoff(10, 1.0) == 2.0
+    assert backoff(1, 1.0) == 0.1 and backoff(10, 1.0) == 2.0
     assert parse_retry_after(" 7 ") == 7
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
     assert parse_retry_after(None) is None
