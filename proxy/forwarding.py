@@ -35,7 +35,7 @@ from proxy.credentials.sources import Credentials
 from proxy.endpoints import Resolution, Resolver, TokenSource
 from proxy.errors import BodyTooLarge, ConnectFailed, StaleConnection, UpstreamTimeout, UpstreamUnreachable
 from proxy.routing import invocation_url
-from proxy.upstream import Reply, Upstream
+from proxy.upstream import Reply, Upstream, origin_of
 
 HOP_BY_HOP = frozenset(
     {
@@ -300,7 +300,7 @@ class Forwarder:
         reply = await self._upstream.send("POST", url, headers=headers, body=call.body, fresh=fresh)
         if reply.status < 200:  # rule 10: e.g. 101 Switching Protocols, which no caller can use
             reply.close()
-            raise UpstreamUnreachable(f"upstream answered HTTP {reply.status}, not a final response")
+            raise UpstreamUnreachable(f"upstream {origin_of(url)} answered HTTP {reply.status}, not a final response")
         return reply
 
     async def warm(self, name: str, connections: int) -> Resolution:
