@@ -42,7 +42,7 @@ from proxy.errors import ConfigError, SidecarError
 from proxy.forwarding import Forwarder, RequestRecord
 from proxy.metrics import UNRESOLVED, Metrics
 from proxy.readiness import Health, Readiness
-from proxy.retries import RetryPolicy
+from proxy.retries import RetryBudget, RetryPolicy
 from proxy.upstream import build_ssl_context
 from proxy.upstream.control import ControlPlane
 from proxy.upstream.pool import Timeouts, Upstream
@@ -121,6 +121,7 @@ class Sidecar:
         self.credentials = Credentials(
             self.oauth,
             self._workspace_fetch(),
+            workspace_url=settings.host,
             observer=self.metrics.observe_token_fetch,
             on_workspace_change=self.readiness.current,
         )
@@ -131,6 +132,8 @@ class Sidecar:
             on_resolve=self.metrics.observe_resolution,
             # a recreated or deleted endpoint's data-plane token stops refreshing
             on_change=lambda old: self.credentials.forget(old.url, old.authorization_details),
+            configured=frozenset(settings.endpoints),
+            only_configured=settings.only_configured_endpoints,
         )
         self.forwarder = Forwarder(
             self.resolver,
@@ -142,6 +145,7 @@ class Sidecar:
                 budget=settings.retry_budget,
                 idempotent=frozenset(settings.idempotent_endpoints),
             ),
+            budget=RetryBudget(ratio=settings.retry_ratio, min_per_second=settings.min_retries_per_second),
             on_retry=lambda endpoint, reason: self.metrics.observe_retry(self.endpoint_label(endpoint), reason),
             on_exchange=self.metrics.observe_exchange,
         )

@@ -117,6 +117,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("ca-bundle", "str", None, "PEM file of extra CAs trusted for the workspace and data plane"),
     Option("endpoint", "list", (), "endpoint resolved and warmed at start (repeatable)"),
+    Option(
+        "only-configured-endpoints",
+        "bool",
+        False,
+        "answer 404 for every endpoint name not given with --endpoint, without a workspace lookup "
+        "(the hardened setting for shared hosts)",
+    ),
     Option("pool-size", "int", 256, "max connections per upstream host"),
     Option("warm-connections", "int", 2, "connections opened per upstream host when an endpoint resolves"),
     Option("connect-timeout", "float", 10.0, "seconds for TCP + TLS handshake to an upstream"),
@@ -124,8 +131,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("stream-idle-timeout", "float", 300.0, "seconds allowed between two chunks of a streamed answer"),
     Option("idle-connection-timeout", "float", 30.0, "close pooled connections idle this long (seconds)"),
     Option("metadata-ttl", "float", 300.0, "seconds an endpoint resolution is cached"),
-    Option("retry-attempts", "int", 3, "most sends of one request on 429/503/connect failures (first included)"),
+    Option("retry-attempts", "int", 5, "most sends of one request on 429/503/connect failures (first included)"),
     Option("retry-budget", "float", 10.0, "most seconds one request spends waiting between retries"),
+    Option(
+        "retry-ratio",
+        "float",
+        0.2,
+        "retry budget shared by all requests: retries may add at most this fraction to the requests of the last 10 s",
+    ),
+    Option(
+        "min-retries-per-second",
+        "float",
+        5.0,
+        "retry budget floor: this many retries a second are allowed whatever --retry-ratio says (low traffic)",
+    ),
     Option(
         "idempotent-endpoint",
         "list",
@@ -201,8 +220,11 @@ class Settings:
     stream_idle_timeout: float
     idle_connection_timeout: float
     metadata_ttl: float
-    retry_attempts: int = 3
+    retry_attempts: int = 5
     retry_budget: float = 10.0
+    retry_ratio: float = 0.2
+    min_retries_per_second: float = 5.0
+    only_configured_endpoints: bool = False
     idempotent_endpoints: tuple[str, ...] = ()
     max_in_flight: int = 1024
     max_in_flight_per_endpoint: int = 512
@@ -437,6 +459,8 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         raise ConfigError("client secret: set DATABRICKS_CLIENT_SECRET or --client-secret-file for --auth oauth-m2m")
     if auth == "workload-identity" and token_file is None:
         raise ConfigError("token-file: --auth workload-identity needs the projected service-account token file")
+    if raw["only_configured_endpoints"] and not raw["endpoint"]:
+        raise ConfigError("only-configured-endpoints: name the endpoints to serve with --endpoint")
     listens = _listen_addresses(raw)
     return Settings(
         host=host,
@@ -461,6 +485,9 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         metadata_ttl=_positive(raw["metadata_ttl"], "metadata-ttl"),
         retry_attempts=_positive(raw["retry_attempts"], "retry-attempts"),
         retry_budget=raw["retry_budget"],
+        retry_ratio=raw["retry_ratio"],
+        min_retries_per_second=raw["min_retries_per_second"],
+        only_configured_endpoints=raw["only_configured_endpoints"],
         idempotent_endpoints=_names(raw["idempotent_endpoint"], "idempotent-endpoint"),
         max_in_flight=_positive(raw["max_in_flight"], "max-in-flight"),
         max_in_flight_per_endpoint=_positive(raw["max_in_flight_per_endpoint"], "max-in-flight-per-endpoint"),

@@ -14,12 +14,15 @@ Rules:
    idempotent endpoints) is held, up to HOLD_LIMIT bytes, until it is complete; then `_recover` decides:
    401 mints a new token once, 403/404 re-resolves once (a recreated endpoint), the others follow
    `retries`. An answer that is not retried is relayed as it came.
-5. A failed connect sent nothing and follows `retries`. A connection that fails after the request was
+5. A failed connect sent nothing and follows `retries`. Every retry under `retries` also needs the shared
+   `retries.RetryBudget`, so a sustained throttle is not multiplied. A connection that fails after the request was
    written is never re-sent (the model may have run), except a timeout on an idempotent endpoint.
    (Idle connections are checked alive before a request is written: see `upstream.connection`.)
 6. Nothing is retried once the answer's head went to the front.
 7. Observers get frozen details only: one `UpstreamExchange` per answer relayed (or abandoned), and
    `(endpoint, reason)` per retry.
+8. Error answers carry advice for the caller's own retries (`retries.client_retry_headers`):
+   `x-should-retry: false` when the sidecar already retried, its budget refused, or the model may have run.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from proxy.credentials.sources import Credentials
 from proxy.endpoints import Resolution, Resolver, TokenSource
 from proxy.errors import BodyTooLarge, ConnectFailed, SidecarError, UpstreamTimeout
 from proxy.routing import invocation_url
-from proxy.transport import Connection, Head, Sink, Transport
+from proxy.transport import Advice, Connection, Head, Sink, Transport
 
 log = logging.getLogger("serving_sidecar")
 
@@ -65,6 +68,7 @@ NOT_FORWARDED = HOP_BY_HOP | {b"host", b"authorization", b"content-length", b"ex
 HOLD_LIMIT = 64 * 1024  # bytes of an answer held while deciding whether to retry it (rule 4)
 REPLY_HIGH_WATER = 1 << 20  # bytes buffered for a coroutine reader before the upstream is paused
 REPLY_LOW_WATER = 256 * 1024
+_NO_ADVICE: Advice = []
 
 
 def header_block(pairs: Iterable[tuple[str, str]] | Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -151,7 +155,9 @@ class _Progress:
     waited: float = 0.0
     reauthenticated: bool = False
     reresolved: bool = False
-    retries: int = 0
+    retries: int = 0  # sends repeated, for any reason
+    policy_retried: bool = False  # sent again under the retry policy (429/503/connect/idempotent 5xx)
+    budget_spent: bool = False  # the shared retry budget refused a retry the policy allowed
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,7 @@ class Forwarder:
         *,
         admission: Admission | None = None,
         policy: retries.RetryPolicy | None = None,
+        budget: retries.RetryBudget | None = None,
         on_retry: RetryHook = _no_hook,
         on_exchange: ExchangeHook = _no_exchange_hook,
     ) -> None:
@@ -184,6 +191,7 @@ class Forwarder:
         self.transport = transport
         self.admission = admission or Admission(max_total=1024, max_per_endpoint=1024)
         self.policy = policy or retries.RetryPolicy()
+        self.budget = budget or retries.RetryBudget()
         self.on_retry = on_retry
         self.on_exchange = on_exchange
         self._targets: dict[tuple[str, str | None], _Target] = {}
@@ -274,6 +282,7 @@ class Exchange:
     # --- the front's side ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._f.budget.record_request()
         if len(self.call.body) > MAX_BODY_BYTES:
             self._fail(BodyTooLarge(f"request body is {len(self.call.body)} bytes; the limit is {MAX_BODY_BYTES}"))
             return
@@ -349,7 +358,7 @@ class Exchange:
         if self._relaying:
             self._done = True
             self._observe(complete=False)
-            self._sink.fail(error)
+            self._sink.fail(error, advice=_NO_ADVICE)
         elif isinstance(error, UpstreamTimeout) and self._held is None:
             self._go_slow(self._retry_failure(error, "timeout"))
         else:
@@ -371,7 +380,7 @@ class Exchange:
 
     def _relay_head(self, head: Head) -> None:
         self._relaying = True
-        self._sink.head(head, retried=self._progress_ is not None and self._progress_.retries > 0)
+        self._sink.head(head, advice=self._advice(head.status) if head.status >= 400 else _NO_ADVICE)
 
     def _release_held(self) -> None:
         held, self._held = self._held or [], None
@@ -492,6 +501,10 @@ class Exchange:
         )
         if not decision.retry:
             return False
+        if not self._f.budget.try_retry():  # a sustained throttle is not multiplied
+            progress.budget_spent = True
+            return False
+        progress.policy_retried = True
         self._note_retry(decision.reason)
         await asyncio.sleep(decision.delay)
         progress.attempt += 1
@@ -506,7 +519,18 @@ class Exchange:
         if self._done:
             return
         self._done = True
-        self._sink.fail(error)
+        self._sink.fail(error, advice=self._advice(error.status, error))
+
+    def _advice(self, status: int, error: SidecarError | None = None) -> Advice:
+        """Whether the caller should send this again (`retries.client_retry_headers`)."""
+        progress = self._progress_
+        outcome = retries.Outcome(
+            sent=self._sent_at > 0,
+            retried=progress is not None and progress.policy_retried,
+            budget_spent=progress is not None and progress.budget_spent,
+            idempotent=self.call.endpoint in self._f.policy.idempotent,
+        )
+        return retries.client_retry_headers(status, outcome, error)
 
     def _observe(self, *, complete: bool) -> None:
         if not self._sent_at or self._head is None:
@@ -557,7 +581,7 @@ class BufferedReply:
     async def headed(self) -> None:
         await self._headed
 
-    def head(self, head: Head, *, retried: bool) -> None:
+    def head(self, head: Head, *, advice: Advice) -> None:
         self.status = head.status
         self.headers = CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers)
         if not self._headed.done():
@@ -578,7 +602,7 @@ class BufferedReply:
         self._ended = True
         self._wakeup()
 
-    def fail(self, error: SidecarError) -> None:
+    def fail(self, error: SidecarError, *, advice: Advice) -> None:
         if not self._headed.done():
             self._headed.set_exception(error)
             return

@@ -1,5 +1,8 @@
 """Where tokens come from: the workspace token (OAuth M2M or workload identity) and one data-plane
 token per (invocation URL, authorization details), minted from the workspace token by jwt-bearer exchange.
+
+Which token may go where (`token_kind`, pure): the workspace token (scope all-apis) only to the workspace's
+own origin; a data-plane token only over https, to the URL it was minted for. Anything else is refused.
 """
 
 from __future__ import annotations
@@ -8,12 +11,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 import jwt
 
 from proxy.credentials.cache import Fetch, FetchOutcome, Observer, RefreshingToken, Token, TokenCache
 from proxy.credentials.oauth import OAuthClient
-from proxy.errors import NoCredential, TokenError
+from proxy.errors import BadMetadata, NoCredential, TokenError
 
 
 def secret_from_file(path: Path) -> Callable[[], asyncio.Future[str]]:
@@ -93,6 +98,32 @@ def check_audience(token: str, audience: str, source: Path) -> None:
         )
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port with the scheme's default filled in); BadMetadata for user info or a bad port."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    except ValueError:
+        raise BadMetadata("refusing to send a token to a URL with an invalid port") from None
+    if parts.username is not None or parts.password is not None:
+        raise BadMetadata(f"refusing to send a token to {parts.scheme}://{parts.hostname}: the URL carries user info")
+    return (parts.scheme, parts.hostname or "", port)
+
+
+def token_kind(url: str, authorization_details: str | None, workspace_url: str) -> Literal["workspace", "data_plane"]:
+    """Which token may be sent to `url`: the workspace token only to the workspace's origin (without
+    authorization details), a data-plane token only to an https URL. Raises BadMetadata (502) otherwise."""
+    scheme, host, port = _origin(url)
+    shown = f"{scheme}://{host}:{port}"
+    if authorization_details is None:
+        if (scheme, host, port) != _origin(workspace_url):
+            raise BadMetadata(f"refusing to send the workspace token to {shown}: it goes only to the workspace")
+        return "workspace"
+    if scheme != "https" or not host:
+        raise BadMetadata(f"refusing to send a data-plane token to {shown}: tokens travel only over https")
+    return "data_plane"
+
+
 class Credentials:
     """The workspace token and the data-plane tokens derived from it.
 
@@ -106,11 +137,13 @@ class Credentials:
         oauth: OAuthClient,
         workspace_fetch: Fetch,
         *,
+        workspace_url: str,
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
         on_workspace_change: Callable[[], object] | None = None,
     ) -> None:
         self._oauth = oauth
+        self._workspace_url = workspace_url
         self._clock = clock
         self._observer = observer
         self.data_plane = TokenCache()
@@ -144,8 +177,12 @@ class Credentials:
         return failing + self.data_plane.retry_now()
 
     def for_target(self, url: str, authorization_details: str | None, *, label: str) -> RefreshingToken:
-        """The token for an invocation URL: data-plane when it has authorization details, else workspace."""
-        if authorization_details is None:
+        """The token for an invocation URL: data-plane when it has authorization details, else workspace.
+
+        BadMetadata when no token may go to `url` (`token_kind`): nothing is minted or sent then.
+        """
+        kind = token_kind(url, authorization_details, self._workspace_url)
+        if kind == "workspace" or authorization_details is None:
             return self.workspace
         return self.data_plane.get_or_create(
             (url, authorization_details),

@@ -57,7 +57,7 @@ from proxy.forwarding import (
     RequestRecord,
     default_headers,
 )
-from proxy.transport import Head
+from proxy.transport import Advice, Head
 
 log = logging.getLogger("serving_sidecar")
 FRONT = "http"
@@ -66,6 +66,7 @@ SWEEP_INTERVAL = 1.0
 NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 _NO_BODY = frozenset({204, 304})
 MAX_ROUTES = 1024
+_NO_ADVICE: Advice = []
 _UNKNOWN = routing.Route("")  # a cache miss
 _ROUTE_HELP = (
     "no such route: use POST /serving-endpoints/<endpoint_name>/invocations or "
@@ -367,15 +368,18 @@ class HttpConnection(asyncio.Protocol):
 
     # --- transport.Sink (the request being answered) ------------------------------------------------
 
-    def head(self, head: Head, *, retried: bool) -> None:
+    def head(self, head: Head, *, advice: Advice) -> None:
         request = self._current
         assert request is not None
         request.status = head.status
         out = self._out
         out.append(_STATUS_LINES.get(head.status) or _status_line(head.status))
+        dropped = NOT_RETURNED if not advice else NOT_RETURNED | {name.lower().encode() for name, _ in advice}
         for name, value in head.headers:
-            if name.lower() not in NOT_RETURNED:
+            if name.lower() not in dropped:
                 out += (name, b": ", value, b"\r\n")
+        for key, text in advice:
+            out.append(f"{key}: {text}\r\n".encode("latin-1"))
         out += (b"X-Request-Id: ", request.request_id.encode(), b"\r\n")
         if head.length is not None:
             out.append(b"Content-Length: %d\r\n" % head.length)
@@ -415,12 +419,12 @@ class HttpConnection(asyncio.Protocol):
         self.flush()
         self._finish(request)
 
-    def fail(self, error: SidecarError) -> None:
+    def fail(self, error: SidecarError, *, advice: Advice) -> None:
         request = self._current
         if request is None:
             return
         if request.status == "error":
-            self._answer(request, error)
+            self._answer(request, error, advice)
             return
         # Head already sent: cut the connection, so the caller sees a broken answer, not a short one.
         self.flush()
@@ -511,16 +515,16 @@ class HttpConnection(asyncio.Protocol):
         except Exception as exc:  # a bug, not a condition: logged with its traceback, answered as a 500
             log.exception("internal error while serving a request")
             request.exchange.cancel()
-            self.fail(SidecarError(f"internal error in serving-sidecar ({type(exc).__name__}); see its log"))
+            self.fail(SidecarError(f"internal error in serving-sidecar ({type(exc).__name__}); see its log"), advice=[])
 
-    def _answer(self, request: _Request, error: SidecarError) -> None:
+    def _answer(self, request: _Request, error: SidecarError, advice: Advice = _NO_ADVICE) -> None:
         """An answer the sidecar makes itself, for `request`."""
         request.status = error.status
         body = error.body()
         if self._front.draining:
             request.keep_alive = False
         out = [_STATUS_LINES.get(error.status) or _status_line(error.status)]
-        for name, value in error.headers().items():
+        for name, value in [*error.headers().items(), *advice]:
             out.append(f"{name}: {value}\r\n".encode("latin-1"))
         out.append(f"X-Request-Id: {request.request_id}\r\nContent-Length: {len(body)}\r\n".encode())
         if not request.keep_alive:

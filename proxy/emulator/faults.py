@@ -69,6 +69,9 @@ class Faults:
     token_answer_raw: per answer kind, the exact body text answered instead (status and headers kept),
         for what a merge patch cannot say: a member that is ``null`` (a merge patch's null removes it), a
         body that is not JSON. Replaced whole by a patch; null clears.
+    metadata_failures: per endpoint name (known or not), an HTTP status (429 or 5xx) that metadata reads
+        of that name answer instead, Databricks-shaped (429 with ``Retry-After: 1``). Replaced whole by a
+        patch; null clears.
     planned_failures: queue filled by ``fail_next`` (read-only through the patch route).
     """
 
@@ -83,6 +86,7 @@ class Faults:
     metadata_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     token_answer_override: dict[str, Any] = field(default_factory=dict)
     token_answer_raw: dict[str, str] = field(default_factory=dict)
+    metadata_failures: dict[str, int] = field(default_factory=dict)
     planned_failures: list[PlannedFailure] = field(default_factory=list)
 
     def latency_for(self, name: str, default: float) -> float:
@@ -127,6 +131,7 @@ class Faults:
             "metadata_overrides": copy.deepcopy(self.metadata_overrides),
             "token_answer_override": copy.deepcopy(self.token_answer_override),
             "token_answer_raw": dict(self.token_answer_raw),
+            "metadata_failures": dict(self.metadata_failures),
             "planned_failures": [p.as_dict() for p in self.planned_failures],
         }
 
@@ -225,6 +230,19 @@ def _set_token_answer_raw(faults: Faults, value: object) -> None:
     faults.token_answer_raw = _token_answers("token_answer_raw", value, text=True)
 
 
+def _set_metadata_failures(faults: Faults, value: object) -> None:
+    if value is None:
+        faults.metadata_failures = {}
+        return
+    if not isinstance(value, Mapping) or not all(
+        isinstance(name, str) and status in FAILURE_STATUSES for name, status in value.items()
+    ):
+        raise FaultsError(
+            f"metadata_failures must be an object of endpoint name -> one of {FAILURE_STATUSES}, got {value!r}"
+        )
+    faults.metadata_failures = dict(value)
+
+
 def merge_patch(target: object, patch: object) -> object:
     """RFC 7386 JSON merge patch: objects merge member by member, null removes, anything else replaces."""
     if not isinstance(patch, Mapping):
@@ -256,5 +274,6 @@ _SETTERS: dict[str, _Setter] = {
     "metadata_overrides": _set_metadata_overrides,
     "token_answer_override": _set_token_answer_override,
     "token_answer_raw": _set_token_answer_raw,
+    "metadata_failures": _set_metadata_failures,
     "planned_failures": _set_planned_failures,
 }

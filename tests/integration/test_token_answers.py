@@ -100,7 +100,8 @@ async def test_a_token_unusable_on_arrival_is_backed_off_not_fetched_per_call(
     async with make_sidecar(wait_ready=False) as sidecar:
         await wait_for_reason(client, sidecar, "unusable on arrival")
         statuses = [(await invoke(client, sidecar))[0] for _ in range(30)]
-        assert set(statuses) == {503}
+        # 503 no token; 429 once the lookups of a name not yet resolved are rate-limited
+        assert statuses[0] == 503 and set(statuses) <= {503, 429}
         # Backoff 1, 2, 4 s...: a handful of fetches however many calls came; once per call would be 30+.
         assert emu.counters.snapshot()["token_grants"]["client_credentials"] <= 6
         assert not bearer_sent(emu)
@@ -148,16 +149,17 @@ async def test_a_hostile_answer_over_grpc_is_unavailable_with_the_reason(
         assert "characters a bearer token cannot have" in (failed.value.details() or "")
 
 
-# --- error texts: a 5 MB description with an echoed Basic value ------------------------------------
+# --- error texts: a huge description with an echoed Basic value --------------------------------------
+# (just under the 1 MiB bound on control-plane answers; a larger answer is refused whole, unread)
 
 
-async def test_a_5_mb_error_text_is_cut_and_redacted_everywhere(
+async def test_a_huge_error_text_is_cut_and_redacted_everywhere(
     emu: Emulator, make_sidecar: SidecarFactory, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     basic = base64.b64encode(f"{emu.client_id}:{emu.client_secret}".encode()).decode()
     echoed = f"refused Authorization: Basic {basic} (secret {emu.client_secret}) "
     emu.faults.token_outage = True
-    emu.faults.token_answer_override = {"error": {"error_description": echoed + "x" * 5_000_000}}
+    emu.faults.token_answer_override = {"error": {"error_description": echoed + "x" * 1_000_000}}
     caplog.set_level(logging.DEBUG)
     async with make_sidecar(wait_ready=False) as sidecar:
         body = await wait_for_reason(client, sidecar, "temporarily_unavailable")
