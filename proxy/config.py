@@ -110,6 +110,31 @@ OPTIONS: tuple[Option, ...] = (
         (),
         "endpoint whose 500/502/504 and timeouts may be retried (its inference may run twice; repeatable)",
     ),
+    Option(
+        "header-timeout",
+        "float",
+        10.0,
+        "seconds for a request's line and headers to arrive, from its first byte (from accept for the first request)",
+    ),
+    Option("body-timeout", "float", 30.0, "seconds a request body may stay idle between two of its chunks"),
+    Option(
+        "write-timeout",
+        "float",
+        60.0,
+        "seconds a write to a caller that stopped reading may stay blocked; then the connection is closed and "
+        "its in-flight slot and upstream connection released",
+    ),
+    Option("keepalive-timeout", "float", 75.0, "seconds an idle keep-alive caller connection is kept open"),
+    Option("max-connections", "int", 4096, "caller connections beyond which new ones are closed at once"),
+    Option(
+        "max-buffered-request-bytes",
+        "int",
+        128 * 1024 * 1024,
+        "request-body bytes buffered across all connections while bodies still arrive; a request that would "
+        "exceed it gets 503 and its connection is closed",
+    ),
+    Option("max-header-bytes", "int", 65536, "most bytes of a request's line and headers; more gets 431 and a close"),
+    Option("max-headers", "int", 100, "most header lines of a request; more gets 431 and a close"),
     Option("max-in-flight", "int", 1024, "requests in flight beyond which new ones get an immediate 503"),
     Option("max-in-flight-per-endpoint", "int", 512, "the same bound for each endpoint"),
     Option(
@@ -152,6 +177,14 @@ class Settings:
     retry_attempts: int = 3
     retry_budget: float = 10.0
     idempotent_endpoints: tuple[str, ...] = ()
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    write_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 4096
+    max_buffered_request_bytes: int = 128 * 1024 * 1024
+    max_header_bytes: int = 65536
+    max_headers: int = 100
     max_in_flight: int = 1024
     max_in_flight_per_endpoint: int = 512
     drain_delay: float = 5.0
@@ -310,6 +343,14 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         retry_attempts=_positive(raw["retry_attempts"], "retry-attempts"),
         retry_budget=max(0.0, float(raw["retry_budget"])),
         idempotent_endpoints=tuple(raw["idempotent_endpoint"]),
+        header_timeout=_positive(raw["header_timeout"], "header-timeout"),
+        body_timeout=_positive(raw["body_timeout"], "body-timeout"),
+        write_timeout=_positive(raw["write_timeout"], "write-timeout"),
+        keepalive_timeout=_positive(raw["keepalive_timeout"], "keepalive-timeout"),
+        max_connections=_positive(raw["max_connections"], "max-connections"),
+        max_buffered_request_bytes=_positive(raw["max_buffered_request_bytes"], "max-buffered-request-bytes"),
+        max_header_bytes=_positive(raw["max_header_bytes"], "max-header-bytes"),
+        max_headers=_positive(raw["max_headers"], "max-headers"),
         max_in_flight=_positive(raw["max_in_flight"], "max-in-flight"),
         max_in_flight_per_endpoint=_positive(raw["max_in_flight_per_endpoint"], "max-in-flight-per-endpoint"),
         drain_delay=_not_negative(raw["drain_delay"], "drain-delay"),
