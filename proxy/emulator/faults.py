@@ -61,6 +61,10 @@ class Faults:
         metadata answer (``GET /api/2.0/serving-endpoints/{name}``): hostile or unusual metadata for tests
         (an ``http://`` endpoint_url, no authorization_details, a malformed field) or a data-plane URL
         that points at another server (a benchmark's upstream). Replaced whole by a patch; null clears.
+    answer_bytes: per endpoint name, answer every invocation with this many filler bytes, streamed
+        (chunked, 64 KiB writes that wait while the caller's transport is full), in place of the model's
+        answer: a large answer for backpressure and slow-reader tests. Merges per endpoint like
+        ``latency``; null removes one entry (or, for the whole knob, all).
     planned_failures: queue filled by ``fail_next`` (read-only through the patch route).
     """
 
@@ -73,6 +77,7 @@ class Faults:
     close_after_requests: int | None = None
     connection_faults_on_control_plane: bool = False
     metadata_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    answer_bytes: dict[str, int] = field(default_factory=dict)
     planned_failures: list[PlannedFailure] = field(default_factory=list)
 
     def latency_for(self, name: str, default: float) -> float:
@@ -115,6 +120,7 @@ class Faults:
             "close_after_requests": self.close_after_requests,
             "connection_faults_on_control_plane": self.connection_faults_on_control_plane,
             "metadata_overrides": copy.deepcopy(self.metadata_overrides),
+            "answer_bytes": dict(self.answer_bytes),
             "planned_failures": [p.as_dict() for p in self.planned_failures],
         }
 
@@ -195,6 +201,23 @@ def _set_metadata_overrides(faults: Faults, value: object) -> None:
     faults.metadata_overrides = {name: copy.deepcopy(dict(patch)) for name, patch in value.items()}
 
 
+def _set_answer_bytes(faults: Faults, value: object) -> None:
+    if value is None:
+        faults.answer_bytes = {}
+        return
+    if not isinstance(value, Mapping):
+        raise FaultsError(f"answer_bytes must be an object of endpoint name -> byte count, got {value!r}")
+    for name, size in value.items():
+        if not isinstance(name, str):
+            raise FaultsError(f"answer_bytes keys must be endpoint names, got {name!r}")
+        if size is None:
+            faults.answer_bytes.pop(name, None)
+        elif isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise FaultsError(f"answer_bytes.{name} must be an integer >= 0, got {size!r}")
+        else:
+            faults.answer_bytes[name] = size
+
+
 def merge_patch(target: object, patch: object) -> object:
     """RFC 7386 JSON merge patch: objects merge member by member, null removes, anything else replaces."""
     if not isinstance(patch, Mapping):
@@ -224,5 +247,6 @@ _SETTERS: dict[str, _Setter] = {
     "close_after_requests": _set_close_after_requests,
     "connection_faults_on_control_plane": _set_bool("connection_faults_on_control_plane"),
     "metadata_overrides": _set_metadata_overrides,
+    "answer_bytes": _set_answer_bytes,
     "planned_failures": _set_planned_failures,
 }
