@@ -104,19 +104,33 @@ async def _read_chunks(reader: asyncio.StreamReader) -> bytes:
     return b"".join(pieces)
 
 
+class _ResetAsEnd(asyncio.StreamReaderProtocol):
+    """A reset (or a failed write) ends the stream like an EOF instead of poisoning the reader, so an answer
+    that arrived before it can still be read: a server that refuses a request and closes while the caller is
+    still writing resets the connection, and its 400 must stay readable."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(None)
+
+
 async def open_connection(port: int, *, receive_buffer: int | None = None) -> Connection:
-    """A loopback connection; `receive_buffer` shrinks SO_RCVBUF before connecting (a caller that reads slowly)."""
+    """A loopback connection; `receive_buffer` shrinks SO_RCVBUF before connecting (a caller that reads slowly).
+    Reading it after a reset gives what arrived before, then EOF; writing raises ConnectionError."""
+    loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if receive_buffer is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_connect(sock, ("127.0.0.1", port))
     except BaseException:
         sock.close()
         raise
-    return await asyncio.open_connection(sock=sock)
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = _ResetAsEnd(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def exchange(
