@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from proxy import logs
 from proxy.admin import build_admin_app
@@ -47,11 +49,15 @@ from proxy.upstream import build_ssl_context
 from proxy.upstream.control import ControlPlane
 from proxy.upstream.pool import Timeouts, Upstream
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 log = logging.getLogger("serving_sidecar")
 
 
 ADMIN = "admin"
 MAX_LABELS = 1024  # endpoint names remembered as metric labels (the resolver caches as many)
+DESCRIPTORS_RECOVERY = 5.0  # seconds unready (and one log line) after accept() found no file descriptor
 ADMIN_GRACE = 1.0  # seconds for a probe or scrape in progress when the admin listener closes
 
 
@@ -155,6 +161,7 @@ class Sidecar:
         self.metrics.watch_in_flight("grpc", lambda: self.grpc_front.in_flight)
         self._listeners: dict[str, Listener] = {}
         self._labels: set[str] = set()
+        self._descriptors_out_at = -math.inf  # time.monotonic() of the last accept() without a descriptor
         # run once, synchronously, when draining starts: gRPC health turns NOT_SERVING at the same moment
         self.on_drain: list[Callable[[], None]] = [self.grpc_front.begin_draining]
         # run on POST /quitquitquit (admin listener): whoever runs the sidecar starts its graceful stop
@@ -220,7 +227,21 @@ class Sidecar:
             credential_ok=credential_ok,
             draining=self._draining,
             credential_error=None if error is None else f"{error.error}: {error.description}".rstrip(": "),
+            descriptors_ok=time.monotonic() - self._descriptors_out_at > DESCRIPTORS_RECOVERY,
         )
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Running out of file descriptors is a condition, not a bug: readiness says so, and one log line per
+        DESCRIPTORS_RECOVERY seconds instead of a traceback per refused accept. Anything else: the default."""
+        exc = context.get("exception")
+        if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self._descriptors_out_at > DESCRIPTORS_RECOVERY:
+            log.error("out of file descriptors (%s): new connections are refused; readiness is 503", exc.strerror)
+        self._descriptors_out_at = now
+        self.readiness.current()
 
     def port(self, name: str) -> int:
         """The bound port of listener `name` ("http", "grpc", "admin"): useful with port 0."""
@@ -228,6 +249,7 @@ class Sidecar:
 
     async def start(self) -> None:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
+        asyncio.get_running_loop().set_exception_handler(self._loop_exception)
         admin = build_admin_app(self.health, self.metrics, on_quit=self.on_quit)
         await self._listen(ADMIN, admin, self.settings.admin_listen)
         try:

@@ -30,7 +30,6 @@ from typing import Any, NoReturn
 
 from proxy import __version__, config, logs, manifests, probe
 from proxy.app import Sidecar
-from proxy.emulator import cli as emulator_cli
 from proxy.errors import ConfigError, InjectError, SidecarError
 from proxy.inject import AUTH_MODES, InjectOptions, inject
 from proxy.injector import Injector
@@ -81,10 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--http-listen", default="127.0.0.1:8484")
     demo.add_argument("--admin-listen", default="127.0.0.1:8486")
     demo.add_argument("--grpc-listen", default="127.0.0.1:8485")
-    emulator_cli.add_arguments(
-        sub.add_parser("emulator", help="run the emulated Databricks workspace (control + data plane)")
+    # Its options are the emulator's own (`serving-sidecar emulator --help`): parsed there, so that the
+    # product's commands never import the emulator.
+    emulator = sub.add_parser(
+        "emulator", help="run the emulated Databricks workspace (control + data plane)", add_help=False
     )
+    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _emulator(argv: Sequence[str]) -> int:
+    from proxy.emulator import cli as emulator_cli
+
+    parser = argparse.ArgumentParser(prog="serving-sidecar emulator", description="the emulated Databricks workspace")
+    emulator_cli.add_arguments(parser)
+    return emulator_cli.run(parser.parse_args(argv))
 
 
 def add_inject_commands(sub: Any) -> None:
@@ -141,9 +151,12 @@ def _inject_options(args: argparse.Namespace) -> InjectOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["emulator"]:
+        return _emulator(arguments[1:])
+    args = build_parser().parse_args(arguments)
     if args.command == "emulator":
-        return emulator_cli.run(args)
+        return _emulator(args.emulator_args)
     logs.configure()
     if args.command in ("inject", "injector", "wait"):
         return {"inject": _inject, "injector": _injector, "wait": _wait}[args.command](args)
