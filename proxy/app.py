@@ -98,12 +98,14 @@ class Sidecar:
             pool_size=settings.pool_size,
             timeouts=timeouts,
             on_connect=self.metrics.observe_connect,
+            egress_proxy=settings.egress_proxy,
         )
         self.control = ControlPlane(
             settings.host.split("://", 1)[-1],
             ssl_context=ssl_context,
             timeouts=timeouts,
             on_connect=self.metrics.observe_connect,
+            egress_proxy=settings.egress_proxy,
         )
         self.metrics.watch_pools(self.upstream.stats)
         self.oauth = OAuthClient(
@@ -212,6 +214,7 @@ class Sidecar:
         port = await self.grpc_front.start(self.settings.grpc_listen)
         self._listeners["grpc"] = self.grpc_front
         log.info("grpc listener on %s:%s", self.settings.grpc_listen.host, port)
+        _log_egress(self.settings)
         self.credentials.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._warm_configured()))
@@ -287,6 +290,18 @@ class Sidecar:
         await self.credentials.close()
         self.upstream.close()
         await self.control.close()
+
+
+def _log_egress(settings: Settings) -> None:
+    """Says where HTTPS upstream calls go: the proxy's address, never its credentials."""
+    proxy = settings.egress_proxy
+    if proxy is not None:
+        log.info(
+            "egress: HTTPS upstream calls tunnel through proxy %s%s; NO_PROXY: %s",
+            proxy,
+            " (with credentials)" if proxy.authorization else "",
+            ",".join(proxy.no_proxy) or "(none)",
+        )
 
 
 def _limits(settings: Settings) -> Limits:
