@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import errno
 import logging
@@ -161,8 +162,13 @@ def run_on_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
 
 
 def _known_secrets(settings: config.Settings) -> list[str]:
-    """Secret values to redact from logs by value (tokens are caught by shape)."""
+    """Secret values to redact from logs by value (tokens are caught by shape): the client secret and the
+    egress proxy's password."""
     secrets = [settings.client_secret] if settings.client_secret else []
+    proxy = settings.egress_proxy
+    if proxy is not None and proxy.authorization:  # the egress proxy's user:password, encoded and not
+        encoded = proxy.authorization.removeprefix("Basic ")
+        secrets += [encoded, base64.b64decode(encoded).decode().partition(":")[2]]
     if settings.client_secret_file is not None:
         with contextlib.suppress(OSError):  # an unreadable file is reported when a token is fetched
             secrets.append(settings.client_secret_file.read_text().strip())
