@@ -414,6 +414,7 @@ def _demo_banner(settings: config.Settings, names: list[str]) -> str:
         "check",
         *("--host", settings.host, "--client-id", settings.client_id),
         *("--client-secret-file", str(settings.client_secret_file), "--ca-bundle", str(settings.ca_bundle)),
+        *("--egress-proxy", "off"),  # the emulated workspace is on loopback: a proxy in the shell must not catch it
         *(arg for name in names[:2] for arg in ("--endpoint", name)),
     ]
     return "\n".join(
