@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy import logs
-from proxy.admin import Health, build_admin_app
+from proxy.admin import build_admin_app
 from proxy.admission import Admission
 from proxy.config import Address, Settings
 from proxy.credentials.cache import Fetch
@@ -37,9 +38,10 @@ from proxy.credentials.sources import (
 from proxy.downstream.grpc import GrpcFront
 from proxy.downstream.http import HttpFront, Limits
 from proxy.endpoints import Resolver, metadata_fetcher
-from proxy.errors import SidecarError
+from proxy.errors import ConfigError, SidecarError
 from proxy.forwarding import Forwarder, RequestRecord
 from proxy.metrics import UNRESOLVED, Metrics
+from proxy.readiness import Health, Readiness
 from proxy.retries import RetryPolicy
 from proxy.upstream import build_ssl_context
 from proxy.upstream.control import ControlPlane
@@ -49,6 +51,7 @@ log = logging.getLogger("serving_sidecar")
 
 
 ADMIN = "admin"
+MAX_LABELS = 1024  # endpoint names remembered as metric labels (the resolver caches as many)
 ADMIN_GRACE = 1.0  # seconds for a probe or scrape in progress when the admin listener closes
 
 
@@ -114,7 +117,15 @@ class Sidecar:
             client_id=settings.client_id,
             read_secret=_secret_reader(settings),
         )
-        self.credentials = Credentials(self.oauth, self._workspace_fetch(), observer=self.metrics.observe_token_fetch)
+        # Readiness is recomputed on every event that can change it (rules in proxy/readiness.py).
+        self.readiness = Readiness(self._compute_health, usable_until=lambda: self.credentials.workspace.usable_until)
+        self.readiness.subscribe(lambda health: self.metrics.ready.set(1 if health.ready else 0))
+        self.credentials = Credentials(
+            self.oauth,
+            self._workspace_fetch(),
+            observer=self.metrics.observe_token_fetch,
+            on_workspace_change=self.readiness.current,
+        )
         self.resolver = Resolver(
             metadata_fetcher(self.control.fetch, self.credentials.workspace, settings.host),
             workspace_url=settings.host,
@@ -137,10 +148,11 @@ class Sidecar:
             on_exchange=self.metrics.observe_exchange,
         )
         self.http_front = HttpFront(self.forwarder, on_request=self.observe_request, limits=_limits(settings))
-        self.grpc_front = GrpcFront(self.forwarder, self.observe_request, lambda: self.health().ready)
+        self.grpc_front = GrpcFront(self.forwarder, self.observe_request, self.readiness)
         self.metrics.watch_in_flight("http", lambda: self.http_front.in_flight)
         self.metrics.watch_in_flight("grpc", lambda: self.grpc_front.in_flight)
         self._listeners: dict[str, Listener] = {}
+        self._labels: set[str] = set()
         # run once, synchronously, when draining starts: gRPC health turns NOT_SERVING at the same moment
         self.on_drain: list[Callable[[], None]] = [self.grpc_front.begin_draining]
         # run on POST /quitquitquit (admin listener): whoever runs the sidecar starts its graceful stop
@@ -159,8 +171,13 @@ class Sidecar:
         return self.oauth.client_credentials
 
     def endpoint_label(self, name: str) -> str:
-        """Metric label for an endpoint name: configured or resolved names only."""
+        """Metric label for an endpoint name: configured or resolved names only (remembered once known)."""
+        if name in self._labels:
+            return name
         if name in self.settings.endpoints or self.resolver.cached(name) is not None:
+            if len(self._labels) >= MAX_LABELS:
+                self._labels.clear()
+            self._labels.add(name)
             return name
         return UNRESOLVED
 
@@ -173,7 +190,7 @@ class Sidecar:
                 logs.AccessRecord(
                     record.front,
                     record.method,
-                    record.path,
+                    logs.access_path(record.path),
                     label,
                     record.status,
                     record.seconds,
@@ -183,7 +200,10 @@ class Sidecar:
             )
 
     def health(self) -> Health:
-        """Liveness, startup (ready at least once since start) and readiness, computed now."""
+        """Liveness, startup (ready at least once since start) and readiness, computed now (subscribers follow)."""
+        return self.readiness.current()
+
+    def _compute_health(self) -> Health:
         workspace = self.credentials.workspace
         error = workspace.last_error
         listening = bool(self._listeners) and not self._draining
@@ -208,12 +228,16 @@ class Sidecar:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
         admin = build_admin_app(self.health, self.metrics, on_quit=self.on_quit)
         await self._listen(ADMIN, admin, self.settings.admin_listen)
-        port = await self.http_front.start(self.settings.http_listen)
+        try:
+            await self.http_front.start(self.settings.http_listen)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"http-listen: cannot listen on {self.settings.http_listen}: {reason}") from None
         self._listeners["http"] = self.http_front
-        log.info("http listener on %s:%s", self.settings.http_listen.host, port)
-        port = await self.grpc_front.start(self.settings.grpc_listen)
+        await self.grpc_front.start(self.settings.grpc_listen)
         self._listeners["grpc"] = self.grpc_front
-        log.info("grpc listener on %s:%s", self.settings.grpc_listen.host, port)
+        # One line once all are bound: a port in use is then the only line a failed start writes.
+        log.info("listening: %s", ", ".join(f"{name} on {self._bound(name)}" for name in ("http", "grpc", ADMIN)))
         _log_egress(self.settings)
         self.credentials.start()
         loop = asyncio.get_running_loop()
@@ -222,6 +246,16 @@ class Sidecar:
             watcher = watch_file(self.settings.client_secret_file, self.credentials.workspace.retry_now)
             self._tasks.append(loop.create_task(watcher))
         self._started = True
+        self.readiness.current()
+
+    def reload_credentials(self) -> None:
+        """SIGHUP: fetch a workspace token now, re-reading the secret (or token) file, and end every token
+        failure backoff. A failed fetch keeps the current token; nothing stops."""
+        source = self.settings.client_secret_file or self.settings.token_file
+        what = f"re-reading {source}" if source else "the client secret comes from the environment or a profile"
+        failing = self.credentials.reload()
+        retried = f"; {failing} failed token(s) retried at once" if failing else ""
+        log.info("SIGHUP: %s; fetching a new workspace token now%s", what, retried)
 
     async def _listen(self, name: str, app: web.Application, address: Address) -> None:
         # handler_cancellation: a caller that hangs up cancels its handler, which closes the upstream request.
@@ -230,10 +264,18 @@ class Sidecar:
         )
         await runner.setup()
         site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"{name}-listen: cannot listen on {address}: {reason}") from None
         port = int(runner.addresses[0][1]) if runner.addresses else address.port
         self._listeners[name] = _AiohttpListener(runner, address, port)
-        log.info("%s listener on %s:%s", name, address.host, port)
+
+    def _bound(self, name: str) -> Address:
+        configured: Address = getattr(self.settings, f"{name}_listen")
+        return Address(configured.host, self.port(name))
 
     async def _warm_configured(self) -> None:
         for name in self.settings.endpoints:
@@ -255,7 +297,7 @@ class Sidecar:
         if self._draining:
             return
         self._draining = True
-        self.metrics.ready.set(0)
+        self.readiness.current()
         for hook in self.on_drain:
             try:
                 hook()
@@ -287,6 +329,8 @@ class Sidecar:
         if admin is not None:
             await admin.stop(ADMIN_GRACE)
         self._listeners.clear()
+        self.readiness.current()
+        self.readiness.close()
         await self.credentials.close()
         self.upstream.close()
         await self.control.close()

@@ -24,6 +24,7 @@ from cachetools import LRUCache, TTLCache
 from multidict import CIMultiDict
 
 from proxy.errors import EndpointNotFound, SidecarError, UpstreamUnreachable, WorkspaceRefused
+from proxy.logs import untrusted_text
 
 NEGATIVE_TTL = 10.0
 RETRY_AFTER_FAILURE = 10.0
@@ -250,5 +251,6 @@ def _error_fields(body: bytes) -> tuple[str, str]:
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
-        return "PERMISSION_DENIED", body[:200].decode(errors="replace")
-    return str(doc.get("error_code") or "PERMISSION_DENIED"), str(doc.get("message") or "")
+        return "PERMISSION_DENIED", untrusted_text(body[:1000].decode(errors="replace"))
+    code, message = doc.get("error_code") or "PERMISSION_DENIED", doc.get("message") or ""
+    return untrusted_text(str(code), limit=64), untrusted_text(str(message))  # cut and redacted: shown to callers

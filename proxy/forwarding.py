@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from multidict import CIMultiDict
 
@@ -42,6 +42,7 @@ from proxy.config import MAX_BODY_BYTES
 from proxy.credentials.sources import Credentials
 from proxy.endpoints import Resolution, Resolver, TokenSource
 from proxy.errors import BodyTooLarge, ConnectFailed, SidecarError, UpstreamTimeout
+from proxy.routing import invocation_url
 from proxy.transport import Connection, Head, Sink, Transport
 
 log = logging.getLogger("serving_sidecar")
@@ -87,8 +88,7 @@ def default_headers(has_content_type: bool, has_accept: bool) -> bytes:
     )
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(NamedTuple):
     endpoint: str
     body: bytes
     served_model: str | None = None
@@ -97,8 +97,7 @@ class Invocation:
     deadline: float | None = None  # time.monotonic() by which the caller wants its answer (gRPC deadline)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
+class RequestRecord(NamedTuple):
     """One answered request, for metrics and the access log. Holds no header value and no body.
 
     endpoint: the name the caller asked for ("" when no route matched): hooks turn it into a safe label.
@@ -107,7 +106,7 @@ class RequestRecord:
 
     front: str
     method: str
-    path: str  # without query string, at most 200 characters
+    path: str  # the request target as received (the access log trims it)
     endpoint: str
     status: int | str
     seconds: float
@@ -118,8 +117,7 @@ class RequestRecord:
 RequestHook = Callable[[RequestRecord], None]
 
 
-@dataclass(frozen=True)
-class UpstreamExchange:
+class UpstreamExchange(NamedTuple):
     """One upstream answer relayed to a front (or abandoned), timed from the moment its request was sent.
 
     first_byte_seconds: until the first body byte (the head when there was no body);
@@ -188,7 +186,7 @@ class Forwarder:
         self.policy = policy or retries.RetryPolicy()
         self.on_retry = on_retry
         self.on_exchange = on_exchange
-        self._targets: dict[str, _Target] = {}
+        self._targets: dict[tuple[str, str | None], _Target] = {}
 
     def __repr__(self) -> str:
         return f"Forwarder({self.resolver!r}, {self.transport!r}, {self.admission!r})"
@@ -220,13 +218,13 @@ class Forwarder:
             reply.close()
 
     def target(self, url: str, served_model: str | None) -> _Target:
-        if served_model is not None:
-            return target_of(f"{url.removesuffix('/invocations')}/served-models/{served_model}/invocations")
-        found = self._targets.get(url)
+        """Where to send: the invocation URL, or its served-models form for one served model (cached)."""
+        found = self._targets.get((url, served_model))
         if found is None:
             if len(self._targets) > 4096:
                 self._targets.clear()
-            found = self._targets[url] = target_of(url)
+            whole = url if served_model is None else invocation_url(url, served_model)
+            found = self._targets[url, served_model] = target_of(whole)
         return found
 
     async def warm(self, name: str, connections: int) -> Resolution:
@@ -241,27 +239,37 @@ class Forwarder:
 class Exchange:
     """One invocation in flight: a `transport.Receiver` for each attempt, relaying to the front's `Sink`."""
 
+    # Class-level defaults: an exchange on the steady path sets only what it uses.
+    _conn: Connection | None = None
+    _task: asyncio.Task[None] | None = None
+    _resolution: Resolution | None = None
+    _source: TokenSource | None = None
+    _token = ""
+    _held: list[bytes] | None = None
+    _held_size = 0
+    _head: Head | None = None
+    _relaying = False
+    _done = False
+    _sent_at = 0.0
+    _first_byte_at = 0.0
+    _progress_: _Progress | None = None
+
     def __init__(self, forwarder: Forwarder, call: Invocation, sink: Sink) -> None:
         self._f = forwarder
         self.call = call
         self._sink = sink
-        self._progress = _Progress()
-        self._conn: Connection | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._resolution: Resolution | None = None
-        self._source: TokenSource | None = None
-        self._token = ""
-        self._held: list[bytes] | None = None
-        self._held_size = 0
-        self._head: Head | None = None
-        self._relaying = False
-        self._done = False
-        self._sent_at = 0.0
-        self._first_byte_at = 0.0
+
+    @property
+    def _progress(self) -> _Progress:
+        """What this invocation has used up: made on the first retry decision, not per request."""
+        if self._progress_ is None:
+            self._progress_ = _Progress()
+        return self._progress_
 
     def __repr__(self) -> str:
         state = "done" if self._done else "relaying" if self._relaying else "holding" if self._held else "sending"
-        return f"Exchange({self.call.endpoint}, {state}, attempt={self._progress.attempt})"
+        attempt = 1 if self._progress_ is None else self._progress_.attempt
+        return f"Exchange({self.call.endpoint}, {state}, attempt={attempt})"
 
     # --- the front's side ---------------------------------------------------------------------------
 
@@ -275,9 +283,10 @@ class Exchange:
             source = f.credentials.for_target(resolution.url, resolution.authorization_details, label=resolution.name)
             token = source.peek()
             if token is not None:
-                conn = f.transport.idle(f.target(resolution.url, None).origin)
+                target = f.target(resolution.url, self.call.served_model)
+                conn = f.transport.idle(target.origin)
                 if conn is not None:
-                    self._send(conn, resolution, source, token)
+                    self._send(conn, resolution, source, token, target)
                     return
         self._go_slow(self._send_slowly(resolution))
 
@@ -349,6 +358,8 @@ class Exchange:
     # --- internals ----------------------------------------------------------------------------------
 
     def _may_retry(self, status: int) -> bool:
+        if status < 401:
+            return False
         progress = self._progress
         if status == 401:
             return not progress.reauthenticated
@@ -360,7 +371,7 @@ class Exchange:
 
     def _relay_head(self, head: Head) -> None:
         self._relaying = True
-        self._sink.head(head, retried=self._progress.retries > 0)
+        self._sink.head(head, retried=self._progress_ is not None and self._progress_.retries > 0)
 
     def _release_held(self) -> None:
         held, self._held = self._held or [], None
@@ -369,14 +380,15 @@ class Exchange:
         for data in held:
             self._sink.body(data)
 
-    def _send(self, conn: Connection, resolution: Resolution, source: TokenSource, token: str) -> None:
+    def _send(self, conn: Connection, resolution: Resolution, source: TokenSource, token: str, target: _Target) -> None:
         call = self.call
         self._conn, self._resolution, self._source, self._token = conn, resolution, source, token
-        self._held, self._head, self._first_byte_at = None, None, 0.0
+        if self._head is not None:  # a retry: forget the previous answer
+            self._held, self._head, self._first_byte_at = None, None, 0.0
         self._sent_at = time.perf_counter()
         request = b"".join(
             (
-                self._f.target(resolution.url, call.served_model).request_line,
+                target.request_line,
                 call.headers,
                 b"Authorization: Bearer ",
                 token.encode("latin-1"),
@@ -410,8 +422,9 @@ class Exchange:
             resolution = f.resolver.cached(name) or resolution
             source = f.credentials.for_target(resolution.url, resolution.authorization_details, label=resolution.name)
             token = await source.get()
+            target = f.target(resolution.url, self.call.served_model)
             try:
-                conn = await f.transport.connect(f.target(resolution.url, None).origin)
+                conn = await f.transport.connect(target.origin)
             except ConnectFailed:
                 if await self._wait_for_retry(failure="connect"):
                     continue
@@ -419,7 +432,7 @@ class Exchange:
             if self._done:  # the caller left while we connected: the connection goes back unused
                 conn.abort()
                 return
-            self._send(conn, resolution, source, token)
+            self._send(conn, resolution, source, token, target)
             return
 
     async def _retry_failure(self, error: SidecarError, failure: str) -> None:

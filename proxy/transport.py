@@ -10,16 +10,14 @@ Headers travel as `(name, value)` byte pairs exactly as received; bodies as byte
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from proxy.errors import SidecarError
 
 Headers = list[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
+class Head(NamedTuple):
     """An upstream answer's status line and headers. `length`: its Content-Length, None when the body is
     chunked or runs until the connection closes."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jwt
 
-from proxy.credentials.cache import Fetch, Observer, RefreshingToken, Token, TokenCache
+from proxy.credentials.cache import Fetch, FetchOutcome, Observer, RefreshingToken, Token, TokenCache
 from proxy.credentials.oauth import OAuthClient
 from proxy.errors import NoCredential, TokenError
 
@@ -29,7 +29,7 @@ def secret_from_file(path: Path) -> Callable[[], asyncio.Future[str]]:
     return lambda: asyncio.ensure_future(asyncio.to_thread(read))
 
 
-async def watch_file(path: Path, on_change: Callable[[], None], *, interval: float = 2.0) -> None:
+async def watch_file(path: Path, on_change: Callable[[], object], *, interval: float = 2.0) -> None:
     """Call `on_change` whenever `path` changes (Kubernetes swaps the Secret's symlink); runs until cancelled."""
 
     def fingerprint() -> tuple[int, int] | None:
@@ -94,7 +94,12 @@ def check_audience(token: str, audience: str, source: Path) -> None:
 
 
 class Credentials:
-    """The workspace token and the data-plane tokens derived from it."""
+    """The workspace token and the data-plane tokens derived from it.
+
+    `on_workspace_change` is called whenever the workspace token or its last error changes (readiness
+    follows it). When a workspace token is obtained, data-plane tokens that failed meanwhile (most for
+    want of it) are retried at once instead of waiting out their backoff.
+    """
 
     def __init__(
         self,
@@ -103,20 +108,40 @@ class Credentials:
         *,
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
+        on_workspace_change: Callable[[], object] | None = None,
     ) -> None:
         self._oauth = oauth
         self._clock = clock
         self._observer = observer
-        self.workspace = self._token(workspace_fetch, kind="workspace", label="")
         self.data_plane = TokenCache()
+        self.workspace = RefreshingToken(
+            workspace_fetch,
+            kind="workspace",
+            clock=clock,
+            observer=self._observe_workspace,
+            on_change=on_workspace_change or (lambda: None),
+        )
 
     def __repr__(self) -> str:
         return f"Credentials(workspace={self.workspace!r}, data_plane={self.data_plane!r})"
+
+    def _observe_workspace(self, outcome: FetchOutcome) -> None:
+        if self._observer is not None:
+            self._observer(outcome)
+        if outcome.ok:
+            self.data_plane.retry_now()
 
     def _token(self, fetch: Fetch, *, kind: str, label: str) -> RefreshingToken:
         if self._observer is None:
             return RefreshingToken(fetch, kind=kind, label=label, clock=self._clock)
         return RefreshingToken(fetch, kind=kind, label=label, clock=self._clock, observer=self._observer)
+
+    def reload(self) -> int:
+        """SIGHUP: fetch a workspace token now (re-reading the secret or token file) and end every data-plane
+        failure backoff. Returns how many tokens were in a failure backoff."""
+        failing = int(self.workspace.last_error is not None)
+        self.workspace.refresh_now()
+        return failing + self.data_plane.retry_now()
 
     def for_target(self, url: str, authorization_details: str | None, *, label: str) -> RefreshingToken:
         """The token for an invocation URL: data-plane when it has authorization details, else workspace."""

@@ -65,6 +65,8 @@ SWEEP_INTERVAL = 1.0
 # Upstream answer headers not relayed: the front writes its own framing and request id.
 NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 _NO_BODY = frozenset({204, 304})
+MAX_ROUTES = 1024
+_UNKNOWN = routing.Route("")  # a cache miss
 _ROUTE_HELP = (
     "no such route: use POST /serving-endpoints/<endpoint_name>/invocations or "
     "/serving-endpoints/<endpoint_name>/served-models/<served_model_name>/invocations"
@@ -108,61 +110,37 @@ class HeadersTooLarge(SidecarError):
 
 
 class _Request:
-    """One request on a connection: parsed, then answered."""
+    """One request on a connection: parsed, then answered. Class-level defaults: a request sets only what
+    it uses (its body and header block are its own lists)."""
 
-    __slots__ = (
-        "admitted",
-        "block",
-        "body",
-        "body_size",
-        "buffered",
-        "bytes_sent",
-        "chunked",
-        "connection",
-        "content_length",
-        "error",
-        "exchange",
-        "expect",
-        "has_accept",
-        "has_content_type",
-        "head_bytes",
-        "header_count",
-        "headers_done",
-        "http11",
-        "keep_alive",
-        "method",
-        "request_id",
-        "route",
-        "started",
-        "status",
-        "transfer_encoding",
-        "url",
-    )
+    url = b""
+    method = ""
+    has_content_type = False
+    has_accept = False
+    transfer_encoding: bytes | None = None
+    expect: bytes | None = None
+    connection: bytes | None = None
+    content_length = 0
+    request_id = ""
+    head_bytes = 0
+    header_count = 0
+    headers_done = False
+    http11 = True
+    keep_alive = True
+    route: routing.Route | None = None
+    error: SidecarError | None = None
+    body_size = 0
+    buffered = 0
+    admitted = False
+    exchange: Exchange | None = None
+    status: int | str = "error"
+    bytes_sent = 0
+    chunked = False
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
-        self.url = b""
-        self.method = ""
         self.block: list[bytes] = []
-        self.has_content_type = self.has_accept = False
-        self.transfer_encoding: bytes | None = None
-        self.expect: bytes | None = None
-        self.connection: bytes | None = None
-        self.content_length = 0
-        self.request_id = ""
-        self.head_bytes = self.header_count = 0
-        self.headers_done = False
-        self.http11 = True
-        self.keep_alive = True
-        self.route: routing.Route | None = None
-        self.error: SidecarError | None = None
         self.body: list[bytes] = []
-        self.body_size = self.buffered = 0
-        self.admitted = False
-        self.exchange: Exchange | None = None
-        self.status: int | str = "error"
-        self.bytes_sent = 0
-        self.chunked = False
 
     @property
     def endpoint(self) -> str:
@@ -178,6 +156,7 @@ class HttpFront:
         self.limits = limits or Limits()
         self.connections: set[HttpConnection] = set()
         self.buffered = 0  # request-body bytes of requests still arriving (rule 3)
+        self.routes: dict[bytes, routing.Route | None] = {}  # request target -> route, for repeat callers
         self.in_flight = 0
         self.draining = False
         self.port = 0
@@ -487,7 +466,14 @@ class HttpConnection(asyncio.Protocol):
         length = request.content_length
         if length > MAX_BODY_BYTES:
             raise self._refusing(BodyTooLarge(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}"))
-        request.route = routing.match(request.url.decode("latin-1"))
+        routes = self._front.routes
+        route = routes.get(request.url, _UNKNOWN)
+        if route is _UNKNOWN:
+            route = routing.match(request.url.decode("latin-1"))
+            if len(routes) >= MAX_ROUTES:
+                routes.clear()
+            routes[request.url] = route
+        request.route = route
         if request.route is None:
             request.error = EndpointNotFound(_ROUTE_HELP)
         elif request.method != "POST":
@@ -569,7 +555,7 @@ class HttpConnection(asyncio.Protocol):
             RequestRecord(
                 front=FRONT,
                 method=request.method,
-                path=logs.access_path(request.url.decode("latin-1")),
+                path=request.url.decode("latin-1"),
                 endpoint=request.endpoint,
                 status=request.status,
                 seconds=time.perf_counter() - request.started,

@@ -11,6 +11,7 @@ import pytest
 
 from proxy.emulator import Emulator
 from tests.e2e.conftest import Launch
+from tests.e2e.test_config_errors import BASE_ENV, assert_one_line_config_error, run_cli
 from tests.integration.connect_proxy import ConnectProxy
 
 AUTHORIZATION = "Basic " + base64.b64encode(b"ops:egress-password-42").decode()
@@ -46,9 +47,17 @@ async def test_run_tunnels_through_https_proxy_from_its_environment(
     assert "egress-password-42" not in log and AUTHORIZATION.split()[1] not in log
 
 
-async def test_an_https_proxy_url_is_a_configuration_error(launch: Launch) -> None:
-    sidecar = await launch(env={"HTTPS_PROXY": "https://ops:egress-password-42@proxy.internal:3128"}, ready=False)
-    assert await sidecar.wait(30) == 2
-    log = sidecar.log()
-    assert "HTTPS_PROXY: an https:// proxy (TLS to the proxy itself) is not supported" in log
-    assert "egress-password-42" not in log
+@pytest.mark.parametrize("command", ["run", "check"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("https://ops:egress-password-42@proxy.internal:3128", "an https:// proxy (TLS to the proxy itself)"),
+        ("socks5://ops:egress-password-42@proxy.internal:1080", "expected an http://HOST:PORT proxy URL"),
+    ],
+)
+async def test_an_unsupported_proxy_url_is_a_one_line_configuration_error(
+    command: str, value: str, message: str
+) -> None:
+    result = await run_cli(command, env={**BASE_ENV, "HTTPS_PROXY": value})
+    line = assert_one_line_config_error(result, "HTTPS_PROXY: ", message, "--egress-proxy off")
+    assert "egress-password-42" not in result.stderr + result.stdout, line
