@@ -107,12 +107,14 @@ class Sidecar:
             pool_size=settings.pool_size,
             timeouts=timeouts,
             on_connect=self.metrics.observe_connect,
+            egress_proxy=settings.egress_proxy,
         )
         self.control = ControlPlane(
             settings.host.split("://", 1)[-1],
             ssl_context=ssl_context,
             timeouts=timeouts,
             on_connect=self.metrics.observe_connect,
+            egress_proxy=settings.egress_proxy,
         )
         self.metrics.watch_pools(self.upstream.stats)
         self.oauth = OAuthClient(
@@ -262,6 +264,7 @@ class Sidecar:
         self._listeners["grpc"] = self.grpc_front
         # One line once all are bound: a port in use is then the only line a failed start writes.
         log.info("listening: %s", ", ".join(f"{name} on {self._bound(name)}" for name in ("http", "grpc", ADMIN)))
+        _log_egress(self.settings)
         self.credentials.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._warm_configured()))
@@ -357,6 +360,18 @@ class Sidecar:
         await self.credentials.close()
         self.upstream.close()
         await self.control.close()
+
+
+def _log_egress(settings: Settings) -> None:
+    """Says where HTTPS upstream calls go: the proxy's address, never its credentials."""
+    proxy = settings.egress_proxy
+    if proxy is not None:
+        log.info(
+            "egress: HTTPS upstream calls tunnel through proxy %s%s; NO_PROXY: %s",
+            proxy,
+            " (with credentials)" if proxy.authorization else "",
+            ",".join(proxy.no_proxy) or "(none)",
+        )
 
 
 def _limits(settings: Settings) -> Limits:

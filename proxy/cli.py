@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import errno
 import logging
@@ -205,8 +206,13 @@ def _one_line(text: str) -> str:
 
 
 def _known_secrets(settings: config.Settings) -> list[str]:
-    """Secret values to redact from logs by value (tokens are caught by shape)."""
+    """Secret values to redact from logs by value (tokens are caught by shape): the client secret and the
+    egress proxy's password."""
     secrets = [settings.client_secret] if settings.client_secret else []
+    proxy = settings.egress_proxy
+    if proxy is not None and proxy.authorization:  # the egress proxy's user:password, encoded and not
+        encoded = proxy.authorization.removeprefix("Basic ")
+        secrets += [encoded, base64.b64decode(encoded).decode().partition(":")[2]]
     if settings.client_secret_file is not None:
         with contextlib.suppress(OSError, UnicodeDecodeError):  # reported when a token is fetched
             secrets.append(settings.client_secret_file.read_text().strip())
@@ -467,6 +473,7 @@ def _demo_banner(settings: config.Settings, names: list[str]) -> str:
         "check",
         *("--host", settings.host, "--client-id", settings.client_id),
         *("--client-secret-file", str(settings.client_secret_file), "--ca-bundle", str(settings.ca_bundle)),
+        *("--egress-proxy", "off"),  # the emulated workspace is on loopback: a proxy in the shell must not catch it
         *(arg for name in names[:2] for arg in ("--endpoint", name)),
     ]
     return "\n".join(

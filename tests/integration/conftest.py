@@ -33,6 +33,7 @@ def emu(emulator: Emulator) -> Emulator:
 
 def sidecar_settings(emulator: Emulator, ca_file: Path, **overrides: Any) -> config.Settings:
     secret = overrides.pop("client_secret", emulator.client_secret)
+    environ = {"DATABRICKS_CLIENT_SECRET": secret, **overrides.pop("environ", {})}  # e.g. HTTPS_PROXY
     flags: dict[str, Any] = {
         "host": emulator.workspace_url,
         "client_id": emulator.client_id,
@@ -42,7 +43,7 @@ def sidecar_settings(emulator: Emulator, ca_file: Path, **overrides: Any) -> con
         "admin_listen": "127.0.0.1:0",
         **overrides,
     }
-    return config.load(flags, environ={"DATABRICKS_CLIENT_SECRET": secret})
+    return config.load(flags, environ=environ)
 
 
 @pytest.fixture
