@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.admin import Health, build_admin_app
 from proxy.admission import Admission
-from proxy.config import Address, Settings
+from proxy.config import ListenAddress, Settings, UnixAddress
 from proxy.credentials.cache import Fetch
 from proxy.credentials.oauth import OAuthClient, SecretReader
 from proxy.credentials.sources import (
@@ -33,6 +33,7 @@ from proxy.credentials.sources import (
     watch_file,
     workload_identity_fetch,
 )
+from proxy.downstream import unix
 from proxy.downstream.grpc import GrpcFront
 from proxy.downstream.http import HttpFront
 from proxy.endpoints import Resolver, metadata_fetcher
@@ -40,6 +41,8 @@ from proxy.errors import SidecarError
 from proxy.forwarding import Forwarder
 from proxy.metrics import UNRESOLVED, Metrics
 from proxy.retries import RetryPolicy
+from proxy.surface import Surface
+from proxy.surface.workspace import WorkspaceReads
 from proxy.upstream import Timeouts, Upstream, build_ssl_context
 
 log = logging.getLogger("serving_sidecar")
@@ -62,8 +65,9 @@ class Listener(Protocol):
 @dataclass
 class _AiohttpListener:
     runner: web.AppRunner
-    address: Address
-    port: int = 0
+    address: ListenAddress
+    port: int = 0  # 0 for a Unix socket
+    socket_file: unix.SocketFile | None = None
     stopped: bool = field(default=False, repr=False)
 
     async def stop(self, grace: float) -> None:
@@ -77,6 +81,8 @@ class _AiohttpListener:
             server.pre_shutdown()  # keep-alive connections close once their current request is answered
             await server.shutdown(grace)  # handlers still running after `grace` are cancelled
         await self.runner.cleanup()
+        if self.socket_file is not None:
+            self.socket_file.remove()
 
 
 class Sidecar:
@@ -123,7 +129,13 @@ class Sidecar:
             on_retry=lambda endpoint, reason: self.metrics.observe_retry(self.endpoint_label(endpoint), reason),
             on_exchange=self.metrics.observe_exchange,
         )
-        self.http_front = HttpFront(self.forwarder, self.metrics, self.endpoint_label, access_log=settings.access_log)
+        self.surface = Surface(
+            WorkspaceReads(self.upstream.fetch, self.credentials.workspace, settings.host),
+            lambda: {*settings.endpoints, *self.resolver.known()},
+        )
+        self.http_front = HttpFront(
+            self.forwarder, self.metrics, self.endpoint_label, self.surface, access_log=settings.access_log
+        )
         self.grpc_front = GrpcFront(self.forwarder, self.metrics, self.endpoint_label, lambda: self.health().ready)
         self._listeners: dict[str, Listener] = {}
         # run once, synchronously, when draining starts: gRPC health turns NOT_SERVING at the same moment
@@ -173,9 +185,15 @@ class Sidecar:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
         await self._listen(ADMIN, build_admin_app(self.health, self.metrics), self.settings.admin_listen)
         await self._listen("http", self.http_front.app(), self.settings.http_listen)
-        port = await self.grpc_front.start(self.settings.grpc_listen)
+        address = self.settings.grpc_listen
+        await self.grpc_front.start(
+            address, socket_mode=self.settings.socket_mode, socket_group=self.settings.socket_group
+        )
         self._listeners["grpc"] = self.grpc_front
-        log.info("grpc listener on %s:%s", self.settings.grpc_listen.host, port)
+        log.info(
+            "grpc listener on %s",
+            address if isinstance(address, UnixAddress) else f"{address.host}:{self.grpc_front.port}",
+        )
         self.credentials.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._warm_configured()))
@@ -184,17 +202,24 @@ class Sidecar:
             self._tasks.append(loop.create_task(watcher))
         self._started = True
 
-    async def _listen(self, name: str, app: web.Application, address: Address) -> None:
+    async def _listen(self, name: str, app: web.Application, address: ListenAddress) -> None:
         # handler_cancellation: a caller that hangs up cancels its handler, which closes the upstream request.
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, auto_decompress=False, handler_cancellation=True
         )
         await runner.setup()
-        site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
-        await site.start()
-        port = int(runner.addresses[0][1]) if runner.addresses else address.port
-        self._listeners[name] = _AiohttpListener(runner, address, port)
-        log.info("%s listener on %s:%s", name, address.host, port)
+        listener = _AiohttpListener(runner, address)
+        self._listeners[name] = listener  # stopped with the others, even if the site below fails to start
+        if isinstance(address, UnixAddress):
+            # A socket made (and given its mode and group) before it listens: no caller gets in earlier.
+            mode, group = self.settings.socket_mode, self.settings.socket_group
+            sock, listener.socket_file = unix.listening_socket(address.path, mode=mode, group=group)
+            await web.SockSite(runner, sock).start()
+            log.info("%s listener on %s", name, address)
+            return
+        await web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True).start()
+        listener.port = int(runner.addresses[0][1]) if runner.addresses else address.port
+        log.info("%s listener on %s:%s", name, address.host, listener.port)
 
     async def _warm_configured(self) -> None:
         for name in self.settings.endpoints:

@@ -40,7 +40,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         elif opt.kind == "choice":
             parser.add_argument(flag, choices=opt.choices, help=help_text)
         else:
-            kinds: dict[str, type] = {"int": int, "float": float, "str": str}
+            kinds: dict[str, type] = {"int": int, "float": float, "str": str, "mode": str}
             parser.add_argument(flag, type=kinds[opt.kind], metavar=opt.key.upper(), help=help_text)
 
 

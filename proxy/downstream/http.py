@@ -1,5 +1,8 @@
 """HTTP front: `POST /serving-endpoints/{name}[/served-models/{model}]/invocations`, unauthenticated.
 
+Every other path goes to the local routes (`proxy.surface`): their answer is sent as it is, or their
+`Forward` goes through the same forwarding code as an invocation of that endpoint.
+
 Bodies pass through as bytes (request and response, no decompression); answers stream back chunk by
 chunk, so SSE events reach the caller as the upstream sends them. Errors the sidecar makes itself are
 Databricks-shaped JSON; upstream errors pass through unchanged.
@@ -18,12 +21,14 @@ from aiohttp import web
 
 from proxy import logs, routing
 from proxy.config import MAX_BODY_BYTES
-from proxy.errors import BodyTooLarge, EndpointNotFound, MethodNotAllowed, SidecarError
+from proxy.errors import BodyTooLarge, MethodNotAllowed, SidecarError
 from proxy.forwarding import Forwarder, Invocation, downstream_headers
 from proxy.metrics import Metrics
+from proxy.surface import Forward, LocalRequest, Surface
 
 log = logging.getLogger("serving_sidecar")
 FRONT = "http"
+LOCAL = "(local routes)"  # the admission key while a local route's body is read and answered
 LabelFor = Callable[[str], str]
 
 
@@ -52,9 +57,16 @@ def _size(response: web.StreamResponse | None) -> int | None:
 
 class HttpFront:
     def __init__(
-        self, forwarder: Forwarder, metrics: Metrics, label_for: LabelFor, *, access_log: bool = False
+        self,
+        forwarder: Forwarder,
+        metrics: Metrics,
+        label_for: LabelFor,
+        surface: Surface,
+        *,
+        access_log: bool = False,
     ) -> None:
         self._forwarder = forwarder
+        self._surface = surface
         self._metrics = metrics
         self._label_for = label_for
         self._access_log = access_log
@@ -80,7 +92,10 @@ class HttpFront:
         status: int | str = "error"
         response: web.StreamResponse | None = None
         try:
-            response = await self._serve(request, route, request_id)
+            if route is None:
+                response, route = await self._local(request, request_id)
+            else:
+                response = await self._serve(request, route, request_id)
             status = response.status
             return response
         finally:
@@ -94,12 +109,30 @@ class HttpFront:
                 record = logs.AccessRecord(FRONT, request.method, path, label, status, seconds, _size(response))
                 logs.log_access(record)
 
-    async def _serve(self, request: web.Request, route: routing.Route | None, request_id: str) -> web.StreamResponse:
+    async def _local(self, request: web.Request, request_id: str) -> tuple[web.StreamResponse, routing.Route | None]:
+        """A local route: its answer, or the forwarded endpoint's (with the route, for the metric label)."""
+        try:
+            with self._forwarder.admit(LOCAL):  # bodies read here are bounded in number too
+                local = LocalRequest(
+                    request.method, request.raw_path, tuple(request.headers.items()), await _body(request)
+                )
+                outcome = await self._surface.answer(local)
+        except SidecarError as error:
+            return error_response(error, request_id), None
+        if isinstance(outcome, Forward):
+            route = routing.Route(outcome.endpoint, outcome.served_model)
+            return await self._serve(request, route, request_id, body=local.body), route
+        headers = [*outcome.headers, (logs.REQUEST_ID_HEADER, request_id)]
+        return web.Response(status=outcome.status, body=outcome.body, headers=headers), None
+
+    async def _serve(
+        self, request: web.Request, route: routing.Route, request_id: str, *, body: bytes | None = None
+    ) -> web.StreamResponse:
         response: web.StreamResponse | None = None
         try:
             accepted = _accepted_route(request, route)
             with self._forwarder.admit(accepted.endpoint):  # before the body is read: bounded memory
-                call = await self._invocation(request, accepted, request_id)
+                call = await self._invocation(request, accepted, request_id, body)
                 async with self._forwarder.invoke(call) as reply:
                     headers = _reply_headers(downstream_headers(reply.headers), request_id)
                     response = web.StreamResponse(status=reply.status, headers=headers)
@@ -121,27 +154,27 @@ class HttpFront:
             return response
 
     @staticmethod
-    async def _invocation(request: web.Request, route: routing.Route, request_id: str) -> Invocation:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BodyTooLarge(f"request body exceeds the limit of {MAX_BODY_BYTES} bytes") from None
+    async def _invocation(
+        request: web.Request, route: routing.Route, request_id: str, body: bytes | None
+    ) -> Invocation:
         return Invocation(
             endpoint=route.endpoint,
             served_model=route.served_model,
-            body=body,
+            body=await _body(request) if body is None else body,
             headers=request.headers.items(),
             request_id=request_id,
         )
 
 
-def _accepted_route(request: web.Request, route: routing.Route | None) -> routing.Route:
+async def _body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"request body exceeds the limit of {MAX_BODY_BYTES} bytes") from None
+
+
+def _accepted_route(request: web.Request, route: routing.Route) -> routing.Route:
     """The route of an acceptable request, judged from its line and headers alone (no body read)."""
-    if route is None:
-        raise EndpointNotFound(
-            "no such route: use POST /serving-endpoints/<endpoint_name>/invocations or "
-            "/serving-endpoints/<endpoint_name>/served-models/<served_model_name>/invocations"
-        )
     if request.method != "POST":
         raise MethodNotAllowed(f"method {request.method} not allowed: invocations take POST")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:

@@ -23,7 +23,7 @@ from proxy.emulator.responses import databricks_error, json_response
 from proxy.emulator.state import EmulatorState
 from proxy.emulator.tokens import TokenClaims
 
-TASKS = {"custom": None, "feature": None, "chat": "agent/v1/chat"}
+TASKS = {"custom": None, "feature": None, "chat": "agent/v1/chat", "embeddings": "llm/v1/embeddings"}
 
 
 def host_metadata(state: EmulatorState) -> dict[str, Any]:
