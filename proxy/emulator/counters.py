@@ -16,6 +16,9 @@
 - ``data_plane_connections`` / ``control_plane_connections``: TCP connections accepted.
 - ``dropped_connections``: connections dropped by ``close_after_requests``.
 - ``idle_closed_connections``: keep-alive connections closed by ``idle_close_after``.
+- ``bearer_tokens``: requests (admin routes aside) that carried ``Authorization: Bearer``, by whether the
+  emulator issued that token: ``own`` (expired and revoked ones included) or ``foreign`` (anything else,
+  e.g. a caller's API key or a local token that should never have left the sidecar).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Counters:
     connections: Counter[str] = field(default_factory=Counter)
     dropped_connections: int = 0
     idle_closed_connections: int = 0
+    bearer_tokens: Counter[str] = field(default_factory=Counter)
 
     def grant(self, grant: GrantType, kind: TokenKind) -> None:
         self.token_grants[grant] += 1
@@ -57,6 +61,9 @@ class Counters:
 
     def invocation(self, name: str, status: int) -> None:
         self.invocations.setdefault(name, Counter())[str(status)] += 1
+
+    def bearer_token(self, *, own: bool) -> None:
+        self.bearer_tokens["own" if own else "foreign"] += 1
 
     def connection_accepted(self, plane: Plane) -> None:
         self.connections[plane] += 1
@@ -84,4 +91,5 @@ class Counters:
             "control_plane_connections": self.connections["control_plane"],
             "dropped_connections": self.dropped_connections,
             "idle_closed_connections": self.idle_closed_connections,
+            "bearer_tokens": {kind: self.bearer_tokens[kind] for kind in ("own", "foreign")},
         }
