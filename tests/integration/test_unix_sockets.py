@@ -54,13 +54,15 @@ async def test_both_fronts_serve_on_unix_sockets_and_remove_them_on_stop(
     async with make_sidecar(**flags) as sidecar:  # ready: both listeners are up
         assert (mode_of(http_path), mode_of(grpc_path)) == (0o660, 0o660)  # the default --socket-mode
         connector = aiohttp.UnixConnector(path=str(http_path))
-        async with aiohttp.ClientSession(connector=connector) as session:
-            async with session.post("http://localhost/serving-endpoints/fraud-ro/invocations", json=RECORDS) as resp:
-                assert resp.status == 200
-                assert await resp.json() == {"predictions": [3.5, 3]}
+        target = "http://localhost/serving-endpoints/fraud-ro/invocations"
+        async with aiohttp.ClientSession(connector=connector) as session, session.post(target, json=RECORDS) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"predictions": [3.5, 3]}
         async with grpc.aio.insecure_channel(f"unix:{grpc_path}") as channel:
             body = json.dumps(RECORDS).encode()
-            answer = await pb_grpc.ServingProxyStub(channel).Invoke(pb.InvokeRequest(endpoint="fraud-ro", json_body=body))
+            answer = await pb_grpc.ServingProxyStub(channel).Invoke(
+                pb.InvokeRequest(endpoint="fraud-ro", json_body=body)
+            )
             assert json.loads(answer.json_body) == {"predictions": [3.5, 3]}
         assert sidecar.port("http") == 0
     assert not http_path.exists()
