@@ -54,21 +54,24 @@ class Surface:
             return json_answer(openai.model_list(self._known()))
         if path == oauth.TOKEN:
             return oauth.token_answer(request)
-        if path == workspace.HOST_METADATA or path in oauth.DISCOVERY or path.startswith(workspace.API_PREFIX):
-            return await self._about_here(request, path)
+        if path.startswith(workspace.API_PREFIX):
+            workspace.check_readable(request)
+            return await self._workspace.answer(request, _origin(request))
+        if path == workspace.HOST_METADATA:
+            _require(request, "GET")
+            return json_answer(workspace.host_metadata(_origin(request)))
+        if path in oauth.DISCOVERY:
+            _require(request, "GET")
+            return json_answer(oauth.discovery_document(_origin(request)))
         raise EndpointNotFound(NO_SUCH_ROUTE)
 
-    async def _about_here(self, request: LocalRequest, path: str) -> LocalAnswer:
-        """Routes whose answers hold URLs of the sidecar itself, as the caller reaches it."""
-        origin = request.origin()
-        if origin is None:
-            raise InvalidRequest("a Host header (host[:port]) is needed: answers on this path hold the sidecar's URL")
-        if path.startswith(workspace.API_PREFIX):
-            return await self._workspace.answer(request, origin)
-        _require(request, "GET")
-        if path == workspace.HOST_METADATA:
-            return json_answer(workspace.host_metadata(origin))
-        return json_answer(oauth.discovery_document(origin))
+
+def _origin(request: LocalRequest) -> str:
+    """How the caller reaches the sidecar, for answers that hold the sidecar's own URLs."""
+    origin = request.origin()
+    if origin is None:
+        raise InvalidRequest("a Host header (host[:port]) is needed: answers on this path hold the sidecar's URL")
+    return origin
 
 
 def _require(request: LocalRequest, method: str) -> None:

@@ -74,6 +74,15 @@ def local_document(body: bytes, origin: str) -> bytes:
     return json.dumps(doc).encode()
 
 
+def check_readable(request: LocalRequest) -> None:
+    """Rule 3: QueriesOnly (403) unless a GET of the serving-endpoints list or one endpoint."""
+    if request.method != "GET" or not _READABLE.fullmatch(request.path):
+        raise QueriesOnly(
+            f"serving-sidecar serves queries only: {request.method} {request.path} is not passed to the "
+            "workspace (read-only GET /api/2.0/serving-endpoints[/<name>] is)"
+        )
+
+
 class WorkspaceReads:
     """Rules 2 and 3, through the control-plane fetch and the workspace token the Resolver uses."""
 
@@ -86,12 +95,9 @@ class WorkspaceReads:
         return f"WorkspaceReads({self._workspace_url!r})"
 
     async def answer(self, request: LocalRequest, origin: str) -> LocalAnswer:
+        """The workspace's answer to a readable request (`check_readable`), URLs rewritten for `origin`."""
+        check_readable(request)
         path = request.path
-        if request.method != "GET" or not _READABLE.fullmatch(path):
-            raise QueriesOnly(
-                f"serving-sidecar serves queries only: {request.method} {path} is not passed to the workspace "
-                "(read-only GET /api/2.0/serving-endpoints[/<name>] is)"
-            )
         status, headers, body = await workspace_get(self._http, self._token, self._workspace_url + path)
         if status == 200:
             body = local_document(body, origin)

@@ -17,6 +17,7 @@ import aiohttp
 import openai
 import pytest
 from databricks.sdk import WorkspaceClient
+from databricks.sdk.core import Config
 
 from proxy.app import Sidecar
 from proxy.emulator import Emulator
@@ -110,7 +111,8 @@ async def test_databricks_sdk_get_query_and_data_plane_query(
 
     def scenario() -> dict[str, Any]:
         # Any client id and secret: the sidecar's local OAuth facade answers the SDK's OAuth calls.
-        w = WorkspaceClient(host=base, client_id="local", client_secret="local", retry_timeout_seconds=10)
+        config = Config(host=base, client_id="local", client_secret="local", retry_timeout_seconds=10)
+        w = WorkspaceClient(config=config)
         endpoint = w.serving_endpoints.get("fraud-ro")
         assert endpoint.data_plane_info is not None and endpoint.data_plane_info.query_info is not None
         records = [{"a": 1, "b": 2.5}, {"a": 3}]

@@ -210,7 +210,7 @@ async def test_workspace_errors_pass_through() -> None:
 )
 async def test_everything_else_under_api_is_refused(method: str, path: str) -> None:
     workspace = FakeWorkspace({})
-    result = await answer(LocalRequest(method, path, HOST), workspace)
+    result = await answer(LocalRequest(method, path), workspace)  # refused before anything else is looked at
     assert (result.status, doc(result)["error_code"]) == (403, "PERMISSION_DENIED")
     assert "serves queries only" in doc(result)["message"]
     assert workspace.calls == []
