@@ -18,13 +18,13 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy import logs
 from proxy.admin import admin_handler
 from proxy.admission import Admission
-from proxy.config import Address, Settings
+from proxy.config import Address, ListenAddress, Settings, UnixAddress
 from proxy.credentials.cache import Fetch
 from proxy.credentials.oauth import OAuthClient, SecretReader
 from proxy.credentials.sources import (
@@ -43,6 +43,8 @@ from proxy.forwarding import Forwarder, RequestRecord
 from proxy.metrics import UNRESOLVED, Metrics
 from proxy.readiness import Health, Readiness
 from proxy.retries import RetryBudget, RetryPolicy
+from proxy.surface import Surface
+from proxy.surface.workspace import WorkspaceReads
 from proxy.upstream import build_ssl_context
 from proxy.upstream.control import ControlPlane
 from proxy.upstream.pool import Timeouts, Upstream
@@ -67,10 +69,6 @@ class Listener(Protocol):
 
     async def stop(self, grace: float) -> None:
         """Stop accepting at once; give work in flight up to `grace` seconds, then cancel it."""
-
-
-class _Starting(Listener, Protocol):
-    async def start(self, address: Address) -> int: ...
 
 
 class Sidecar:
@@ -133,7 +131,18 @@ class Sidecar:
             on_retry=lambda endpoint, reason: self.metrics.observe_retry(self.endpoint_label(endpoint), reason),
             on_exchange=self.metrics.observe_exchange,
         )
-        self.http_front = HttpFront(self.forwarder, on_request=self.observe_request, limits=_limits(settings))
+        self.surface = Surface(
+            WorkspaceReads(self.control.fetch, self.credentials.workspace, settings.host),
+            lambda: {*settings.endpoints, *self.resolver.known()},
+        )
+        self.http_front = HttpFront(
+            self.forwarder,
+            on_request=self.observe_request,
+            limits=_limits(settings),
+            surface=self.surface,
+            socket_mode=settings.socket_mode,
+            socket_group=settings.socket_group,
+        )
         self.grpc_front = GrpcFront(self.forwarder, self.observe_request, self.readiness)
         self.metrics.watch_in_flight("http", lambda: self.http_front.in_flight)
         self.metrics.watch_in_flight("grpc", lambda: self.grpc_front.in_flight)
@@ -229,9 +238,12 @@ class Sidecar:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
         asyncio.get_running_loop().set_exception_handler(self._loop_exception)
         admin = PlainServer(admin_handler(self.health, self.metrics, on_quit=self.on_quit))
-        await self._listen(ADMIN, admin, self.settings.admin_listen)
-        await self._listen("http", self.http_front, self.settings.http_listen)
-        await self.grpc_front.start(self.settings.grpc_listen)
+        await self._listen(ADMIN, admin, admin.start(self.settings.admin_listen), self.settings.admin_listen)
+        http = self.settings.http_listen
+        await self._listen("http", self.http_front, self.http_front.start(http), http)
+        await self.grpc_front.start(
+            self.settings.grpc_listen, socket_mode=self.settings.socket_mode, socket_group=self.settings.socket_group
+        )
         self._listeners["grpc"] = self.grpc_front
         # One line once all are bound: a port in use is then the only line a failed start writes.
         log.info("listening: %s", ", ".join(f"{name} on {self._bound(name)}" for name in ("http", "grpc", ADMIN)))
@@ -254,18 +266,21 @@ class Sidecar:
         retried = f"; {failing} failed token(s) retried at once" if failing else ""
         log.info("SIGHUP: %s; fetching a new workspace token now%s", what, retried)
 
-    async def _listen(self, name: str, listener: _Starting, address: Address) -> None:
-        """Bind `listener`; an address in use is a configuration error naming the option."""
+    async def _listen(
+        self, name: str, listener: Listener, starting: Coroutine[Any, Any, int], address: ListenAddress
+    ) -> None:
+        """Bind `listener` (`starting` is its start); an address in use is a configuration error naming the option."""
         try:
-            await listener.start(address)
+            await starting
         except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConfigError(f"{name}-listen: cannot listen on {address}: {reason}") from None
+            if not exc.errno:  # our own message (a Unix socket file in the way) already names the address
+                raise ConfigError(f"{name}-listen: {exc}") from None
+            raise ConfigError(f"{name}-listen: cannot listen on {address}: {os.strerror(exc.errno)}") from None
         self._listeners[name] = listener
 
-    def _bound(self, name: str) -> Address:
-        configured: Address = getattr(self.settings, f"{name}_listen")
-        return Address(configured.host, self.port(name))
+    def _bound(self, name: str) -> ListenAddress:
+        configured: ListenAddress = getattr(self.settings, f"{name}_listen")
+        return configured if isinstance(configured, UnixAddress) else Address(configured.host, self.port(name))
 
     async def _warm_configured(self) -> None:
         for name in self.settings.endpoints:

@@ -164,6 +164,10 @@ class Resolver:
     def __repr__(self) -> str:
         return f"Resolver(cached={sorted(self._found)}, failed={sorted(self._failed)}, new_names={self._new_names!r})"
 
+    def known(self) -> list[str]:
+        """The names resolved and cached now, sorted."""
+        return sorted(self._found)
+
     def cached(self, name: str) -> Resolution | None:
         entry = self._found.get(name)
         return None if entry is None else entry.resolution
@@ -323,26 +327,33 @@ class HttpFetch(Protocol):
     ) -> tuple[int, CIMultiDict[str], bytes]: ...
 
 
+async def workspace_get(http: HttpFetch, token: TokenSource, url: str) -> tuple[int, CIMultiDict[str], bytes]:
+    """GET a workspace API URL with the workspace token; a 401 mints a new token and tries once more."""
+    for attempt in range(2):
+        access_token = await token.get()
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+        status, reply_headers, body = await http("GET", url, headers=headers)
+        if status == 401 and attempt == 0:
+            token.invalidate(access_token)
+            continue
+        return status, reply_headers, body
+    raise AssertionError("unreachable")
+
+
 def metadata_fetcher(http: HttpFetch, token: TokenSource, workspace_url: str) -> MetadataFetch:
-    """GET an endpoint's metadata with the workspace token; a 401 mints a new token and tries once more.
+    """GET an endpoint's metadata with the workspace token (`workspace_get`).
 
     401/403 that persist become `WorkspaceRefused` with the workspace's own error code and message.
     """
 
     async def fetch(name: str) -> tuple[int, bytes]:
-        url = f"{workspace_url}/api/2.0/serving-endpoints/{quote(name, safe='')}"
-        for attempt in range(2):
-            access_token = await token.get()
-            headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
-            status, _, body = await http("GET", url, headers=headers)
-            if status == 401 and attempt == 0:
-                token.invalidate(access_token)
-                continue
-            if status in (401, 403):
-                code, message = _error_fields(body)
-                raise WorkspaceRefused(status, code, f"workspace API refused endpoint '{name}': {message}")
-            return status, body
-        raise AssertionError("unreachable")
+        status, _, body = await workspace_get(
+            http, token, f"{workspace_url}/api/2.0/serving-endpoints/{quote(name, safe='')}"
+        )
+        if status in (401, 403):
+            code, message = _error_fields(body)
+            raise WorkspaceRefused(status, code, f"workspace API refused endpoint '{name}': {message}")
+        return status, body
 
     return fetch
 
