@@ -150,7 +150,8 @@ class Resolver:
         self._fetch = fetch
         self._workspace_url = workspace_url
         self._ttl = ttl
-        self._found: LRUCache[str, _Entry] = LRUCache(MAX_CACHED)
+        # A plain dict (oldest dropped beyond MAX_CACHED, see `_store`): `peek` is on every request's path.
+        self._found: dict[str, _Entry] = {}
         self._failed: LRUCache[str, _Failure] = LRUCache(MAX_CACHED)
         self._inflight: dict[str, asyncio.Task[Resolution]] = {}
         self._rechecked: dict[str, float] = {}
@@ -252,6 +253,11 @@ class Resolver:
 
         return done
 
+    def _store(self, name: str, entry: _Entry) -> None:
+        if name not in self._found and len(self._found) >= MAX_CACHED:
+            del self._found[next(iter(self._found))]  # the oldest name
+        self._found[name] = entry
+
     async def _lookup(self, name: str) -> Resolution:
         try:
             resolution = await self._read(name)
@@ -270,7 +276,7 @@ class Resolver:
             raise
         self._failed.pop(name, None)
         old = self._found.get(name)
-        self._found[name] = _Entry(resolution, self._clock() + self._ttl)
+        self._store(name, _Entry(resolution, self._clock() + self._ttl))
         if old is not None and old.resolution != resolution:
             await self._changed(old.resolution)
         return resolution

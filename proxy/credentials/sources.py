@@ -124,6 +124,9 @@ def token_kind(url: str, authorization_details: str | None, workspace_url: str) 
     return "data_plane"
 
 
+MAX_TARGETS = 4096  # (URL, authorization details) pairs remembered as checked
+
+
 class Credentials:
     """The workspace token and the data-plane tokens derived from it.
 
@@ -147,6 +150,7 @@ class Credentials:
         self._clock = clock
         self._observer = observer
         self.data_plane = TokenCache()
+        self._targets: dict[tuple[str, str | None], RefreshingToken] = {}  # for_target's checked answers
         self.workspace = RefreshingToken(
             workspace_fetch,
             kind="workspace",
@@ -181,15 +185,24 @@ class Credentials:
 
         BadMetadata when no token may go to `url` (`token_kind`): nothing is minted or sent then.
         """
+        key = (url, authorization_details)
+        found = self._targets.get(key)
+        if found is not None:  # checked before: the steady path is one look-up
+            return found
         kind = token_kind(url, authorization_details, self._workspace_url)
         if kind == "workspace" or authorization_details is None:
-            return self.workspace
-        return self.data_plane.get_or_create(
-            (url, authorization_details),
-            lambda: self._token(self._exchange_fetch(authorization_details), kind="data_plane", label=label),
-        )
+            found = self.workspace
+        else:
+            found = self.data_plane.get_or_create(
+                key, lambda: self._token(self._exchange_fetch(authorization_details), kind="data_plane", label=label)
+            )
+        if len(self._targets) >= MAX_TARGETS:
+            self._targets.clear()
+        self._targets[key] = found
+        return found
 
     async def forget(self, url: str, authorization_details: str | None) -> None:
+        self._targets.pop((url, authorization_details), None)
         if authorization_details is not None:
             await self.data_plane.discard((url, authorization_details))
 
