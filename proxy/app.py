@@ -17,6 +17,7 @@ import errno
 import logging
 import math
 import os
+import resource
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
@@ -57,7 +58,8 @@ log = logging.getLogger("serving_sidecar")
 
 ADMIN = "admin"
 MAX_LABELS = 1024  # endpoint names remembered as metric labels (the resolver caches as many)
-DESCRIPTORS_RECOVERY = 5.0  # seconds unready (and one log line) after accept() found no file descriptor
+DESCRIPTORS_RECOVERY = 5.0  # seconds unready (and one log line) after running out of file descriptors
+DESCRIPTORS_RESERVE = 8  # descriptors below the open-files limit that already count as running out
 ADMIN_GRACE = 1.0  # seconds for a probe or scrape in progress when the admin listener closes
 
 
@@ -219,16 +221,28 @@ class Sidecar:
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """Running out of file descriptors is a condition, not a bug: readiness says so, and one log line per
-        DESCRIPTORS_RECOVERY seconds instead of a traceback per refused accept. Anything else: the default."""
+        DESCRIPTORS_RECOVERY seconds instead of a traceback per refused accept (asyncio's loop reports it
+        here; uvloop drops such connections silently, which `_watch_descriptors` notices). Else: the default."""
         exc = context.get("exception")
         if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
             loop.default_exception_handler(context)
             return
+        self._out_of_descriptors(exc.strerror or "too many open files")
+
+    def _out_of_descriptors(self, why: str) -> None:
         now = time.monotonic()
         if now - self._descriptors_out_at > DESCRIPTORS_RECOVERY:
-            log.error("out of file descriptors (%s): new connections are refused; readiness is 503", exc.strerror)
+            log.error("out of file descriptors (%s): new connections are refused; readiness is 503", why)
         self._descriptors_out_at = now
         self.readiness.current()
+
+    async def _watch_descriptors(self) -> None:
+        """Once a second: open descriptors within DESCRIPTORS_RESERVE of the limit count as running out."""
+        while True:
+            await asyncio.sleep(1.0)
+            used, limit = descriptors()
+            if used is not None and used >= limit - DESCRIPTORS_RESERVE:
+                self._out_of_descriptors(f"{used} open, limit {limit}")
 
     def port(self, name: str) -> int:
         """The bound port of listener `name` ("http", "grpc", "admin"): useful with port 0."""
@@ -251,6 +265,7 @@ class Sidecar:
         self.credentials.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._warm_configured()))
+        self._tasks.append(loop.create_task(self._watch_descriptors()))
         if self.settings.client_secret_file is not None:
             watcher = watch_file(self.settings.client_secret_file, self.credentials.workspace.retry_now)
             self._tasks.append(loop.create_task(watcher))
@@ -350,6 +365,15 @@ def _log_egress(settings: Settings) -> None:
             " (with credentials)" if proxy.authorization else "",
             ",".join(proxy.no_proxy) or "(none)",
         )
+
+
+def descriptors() -> tuple[int | None, int]:
+    """(open file descriptors of this process, or None where /proc is missing; the soft open-files limit)."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        return len(os.listdir("/proc/self/fd")), limit
+    except OSError as exc:  # listing takes a descriptor too: none left means exactly what we look for
+        return (limit, limit) if exc.errno in (errno.EMFILE, errno.ENFILE) else (None, limit)
 
 
 def _limits(settings: Settings) -> Limits:

@@ -12,7 +12,6 @@ import uvloop
 
 from proxy.emulator import Emulator, EmulatorSettings
 
-
 # Modules whose async tests run on both event loops (`--event-loop uvloop|asyncio`): the fronts, the
 # transport and the fault suite. The rest run on asyncio's own loop.
 BOTH_LOOPS = frozenset(
