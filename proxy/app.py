@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import math
@@ -377,16 +378,8 @@ def descriptors() -> tuple[int | None, int]:
 
 
 def _limits(settings: Settings) -> Limits:
-    return Limits(
-        header_timeout=settings.header_timeout,
-        body_timeout=settings.body_timeout,
-        write_timeout=settings.write_timeout,
-        keepalive_timeout=settings.keepalive_timeout,
-        max_connections=settings.max_connections,
-        max_buffered_request_bytes=settings.max_buffered_request_bytes,
-        max_header_bytes=settings.max_header_bytes,
-        max_headers=settings.max_headers,
-    )
+    """The HTTP front's limits: the settings of the same names."""
+    return Limits(**{field.name: getattr(settings, field.name) for field in dataclasses.fields(Limits)})
 
 
 def _secret_reader(settings: Settings) -> SecretReader | None:
