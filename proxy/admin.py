@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.metrics import CONTENT_TYPE, Metrics
+from proxy.metrics import CONTENT_TYPE, Metrics, Snapshot
+
+Gather = Callable[[], Awaitable[Sequence[Snapshot]]]  # other processes' metrics (--workers), read at each scrape
 
 
 @dataclass(frozen=True)
@@ -32,16 +34,19 @@ class Health:
     credential_ok: bool
     draining: bool
     credential_error: str | None = None
+    workers_problem: str | None = None  # --workers N: why not every HTTP worker serves, e.g. crash-looping
 
     @property
     def ready(self) -> bool:
-        return self.listening and self.credential_ok and not self.draining
+        return self.listening and self.credential_ok and not self.draining and self.workers_problem is None
 
     def reason(self) -> str:
         if self.draining:
             return "draining"
         if not self.listening:
             return "listeners are not up"
+        if self.workers_problem is not None:
+            return self.workers_problem
         if not self.credential_ok:
             detail = f": {self.credential_error}" if self.credential_error else ""
             return f"no working workspace credential yet{detail}"
@@ -65,9 +70,14 @@ def _answer(code: int, status: str, reason: str) -> web.Response:
 
 
 def build_admin_app(
-    health: Callable[[], Health], metrics: Metrics, *, on_quit: Sequence[Callable[[], None]] = ()
+    health: Callable[[], Health],
+    metrics: Metrics,
+    *,
+    on_quit: Sequence[Callable[[], None]] = (),
+    gather: Gather | None = None,
 ) -> web.Application:
-    """The admin routes. `on_quit` is read at each POST /quitquitquit, so hooks added later are called too."""
+    """The admin routes. `on_quit` is read at each POST /quitquitquit, so hooks added later are called too.
+    `gather`: the workers' metrics, added to this process's in /metrics."""
 
     def status(ok: bool, reason: str) -> web.Response:
         return _answer(200 if ok else 503, "ok" if ok else "unavailable", reason)
@@ -86,7 +96,8 @@ def build_admin_app(
 
     async def metrics_handler(_: web.Request) -> web.Response:
         metrics.ready.set(1 if health().ready else 0)
-        response = web.Response(body=metrics.exposition())
+        others = await gather() if gather is not None else ()
+        response = web.Response(body=metrics.exposition(others))
         response.headers["Content-Type"] = CONTENT_TYPE
         return response
 

@@ -21,29 +21,28 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy import logs
+from proxy import assembly
 from proxy.admin import Health, build_admin_app
-from proxy.admission import Admission
 from proxy.config import Address, Settings
-from proxy.credentials.cache import Fetch
+from proxy.credentials.cache import Fetch, Token
 from proxy.credentials.oauth import OAuthClient, SecretReader
 from proxy.credentials.sources import (
     Credentials,
+    TokenKey,
     secret_from_file,
     secret_from_value,
     watch_file,
     workload_identity_fetch,
 )
 from proxy.downstream.grpc import GrpcFront
-from proxy.downstream.http import HttpFront, Limits
-from proxy.endpoints import Resolver, metadata_fetcher
+from proxy.downstream.http import HttpFront
+from proxy.endpoints import Resolution, Resolver, metadata_fetcher
 from proxy.errors import SidecarError
-from proxy.forwarding import Forwarder, RequestRecord
-from proxy.metrics import UNRESOLVED, Metrics
-from proxy.retries import RetryPolicy
+from proxy.metrics import Metrics
 from proxy.upstream import build_ssl_context
 from proxy.upstream.control import ControlPlane
-from proxy.upstream.pool import Timeouts, Upstream
+from proxy.workers.authority import Authority
+from proxy.workers.supervisor import Workers
 
 log = logging.getLogger("serving_sidecar")
 
@@ -87,55 +86,44 @@ class Sidecar:
         self.settings = settings
         self.metrics = Metrics(registry)
         ssl_context = build_ssl_context(settings.ca_bundle)
-        timeouts = Timeouts(
-            connect=settings.connect_timeout,
-            first_byte=settings.first_byte_timeout,
-            stream_idle=settings.stream_idle_timeout,
-            idle_connection=settings.idle_connection_timeout,
-        )
-        self.upstream = Upstream(
-            ssl_context=ssl_context,
-            pool_size=settings.pool_size,
-            timeouts=timeouts,
-            on_connect=self.metrics.observe_connect,
-        )
+        self.upstream = assembly.upstream(settings, self.metrics, ssl_context)
         self.control = ControlPlane(
             settings.host.split("://", 1)[-1],
             ssl_context=ssl_context,
-            timeouts=timeouts,
+            timeouts=assembly.timeouts(settings),
             on_connect=self.metrics.observe_connect,
         )
-        self.metrics.watch_pools(self.upstream.stats)
         self.oauth = OAuthClient(
             self.control.fetch,
             token_url=settings.token_url,
             client_id=settings.client_id,
             read_secret=_secret_reader(settings),
         )
-        self.credentials = Credentials(self.oauth, self._workspace_fetch(), observer=self.metrics.observe_token_fetch)
+        self.credentials = Credentials(
+            self.oauth,
+            self._workspace_fetch(),
+            observer=self.metrics.observe_token_fetch,
+            on_token=self._token_obtained,
+        )
         self.resolver = Resolver(
             metadata_fetcher(self.control.fetch, self.credentials.workspace, settings.host),
             workspace_url=settings.host,
             ttl=settings.metadata_ttl,
             on_resolve=self.metrics.observe_resolution,
-            # a recreated or deleted endpoint's data-plane token stops refreshing
-            on_change=lambda old: self.credentials.forget(old.url, old.authorization_details),
+            on_change=self._resolution_changed,
         )
-        self.forwarder = Forwarder(
-            self.resolver,
-            self.credentials,
-            self.upstream,
-            admission=Admission(max_total=settings.max_in_flight, max_per_endpoint=settings.max_in_flight_per_endpoint),
-            policy=RetryPolicy(
-                attempts=settings.retry_attempts,
-                budget=settings.retry_budget,
-                idempotent=frozenset(settings.idempotent_endpoints),
-            ),
-            on_retry=lambda endpoint, reason: self.metrics.observe_retry(self.endpoint_label(endpoint), reason),
-            on_exchange=self.metrics.observe_exchange,
+        self.observe_request = assembly.RequestObserver(settings, self.metrics, self.resolver)
+        self.forwarder = assembly.forwarder(
+            settings, self.resolver, self.credentials, self.upstream, self.metrics, self.observe_request
         )
-        self.http_front = HttpFront(self.forwarder, on_request=self.observe_request, limits=_limits(settings))
+        self.http_front = HttpFront(self.forwarder, on_request=self.observe_request, limits=assembly.limits(settings))
         self.grpc_front = GrpcFront(self.forwarder, self.observe_request, lambda: self.health().ready)
+        # --workers N > 1: N processes serve the HTTP front; this one keeps tokens, resolutions, gRPC and admin.
+        self.authority: Authority | None = None
+        self.workers: Workers | None = None
+        if settings.workers > 1:
+            self.authority = Authority(self.resolver, self.credentials)
+            self.workers = Workers(settings, self.authority)
         self.metrics.watch_in_flight("http", lambda: self.http_front.in_flight)
         self.metrics.watch_in_flight("grpc", lambda: self.grpc_front.in_flight)
         self._listeners: dict[str, Listener] = {}
@@ -158,27 +146,17 @@ class Sidecar:
 
     def endpoint_label(self, name: str) -> str:
         """Metric label for an endpoint name: configured or resolved names only."""
-        if name in self.settings.endpoints or self.resolver.cached(name) is not None:
-            return name
-        return UNRESOLVED
+        return self.observe_request.endpoint_label(name)
 
-    def observe_request(self, record: RequestRecord) -> None:
-        """The fronts' hook: one answered request, to metrics and (when on) the access log."""
-        label = self.endpoint_label(record.endpoint)
-        self.metrics.observe_request(record, label)
-        if self.settings.access_log:
-            logs.log_access(
-                logs.AccessRecord(
-                    record.front,
-                    record.method,
-                    record.path,
-                    label,
-                    record.status,
-                    record.seconds,
-                    record.bytes_sent,
-                    record.request_id,
-                )
-            )
+    def _token_obtained(self, key: TokenKey, token: Token) -> None:
+        if self.authority is not None:
+            self.authority.token_obtained(key, token)  # to every worker
+
+    async def _resolution_changed(self, old: Resolution) -> None:
+        # a recreated or deleted endpoint's data-plane token stops refreshing
+        await self.credentials.forget(old.url, old.authorization_details)
+        if self.authority is not None:
+            self.authority.resolution_changed(old)
 
     def health(self) -> Health:
         """Liveness, startup (ready at least once since start) and readiness, computed now."""
@@ -186,8 +164,9 @@ class Sidecar:
         error = workspace.last_error
         listening = bool(self._listeners) and not self._draining
         credential_ok = workspace.is_usable()
+        serving = self.workers is None or self.workers.problem() is None
         # Startup is latched: once ready, a later token outage makes the sidecar unready, never "not started".
-        if not self._was_ready and self._started and listening and credential_ok:
+        if not self._was_ready and self._started and listening and credential_ok and serving:
             self._was_ready = True
             log.info("ready: listeners up and a workspace token in hand")
         return Health(
@@ -196,6 +175,7 @@ class Sidecar:
             credential_ok=credential_ok,
             draining=self._draining,
             credential_error=None if error is None else f"{error.error}: {error.description}".rstrip(": "),
+            workers_problem=None if self.workers is None else self.workers.problem(),
         )
 
     def port(self, name: str) -> int:
@@ -204,11 +184,22 @@ class Sidecar:
 
     async def start(self) -> None:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
-        admin = build_admin_app(self.health, self.metrics, on_quit=self.on_quit)
+        gather = None if self.workers is None else self.workers.gather
+        admin = build_admin_app(self.health, self.metrics, on_quit=self.on_quit, gather=gather)
         await self._listen(ADMIN, admin, self.settings.admin_listen)
-        port = await self.http_front.start(self.settings.http_listen)
-        self._listeners["http"] = self.http_front
-        log.info("http listener on %s:%s", self.settings.http_listen.host, port)
+        if self.workers is None:
+            port = await self.http_front.start(self.settings.http_listen)
+            self._listeners["http"] = self.http_front
+            log.info("http listener on %s:%s", self.settings.http_listen.host, port)
+        else:
+            port = await self.workers.start(self.settings.http_listen)
+            self._listeners["http"] = self.workers
+            log.info(
+                "http listener on %s:%s, served by %d worker processes",
+                self.settings.http_listen.host,
+                port,
+                self.workers.count,
+            )
         port = await self.grpc_front.start(self.settings.grpc_listen)
         self._listeners["grpc"] = self.grpc_front
         log.info("grpc listener on %s:%s", self.settings.grpc_listen.host, port)
@@ -287,19 +278,6 @@ class Sidecar:
         await self.credentials.close()
         self.upstream.close()
         await self.control.close()
-
-
-def _limits(settings: Settings) -> Limits:
-    return Limits(
-        header_timeout=settings.header_timeout,
-        body_timeout=settings.body_timeout,
-        write_timeout=settings.write_timeout,
-        keepalive_timeout=settings.keepalive_timeout,
-        max_connections=settings.max_connections,
-        max_buffered_request_bytes=settings.max_buffered_request_bytes,
-        max_header_bytes=settings.max_header_bytes,
-        max_headers=settings.max_headers,
-    )
 
 
 def _secret_reader(settings: Settings) -> SecretReader | None:

@@ -19,12 +19,14 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.cpus import usable_cpus
 from proxy.errors import ConfigError
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 ENV_PREFIX = "SERVING_SIDECAR_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,13 @@ OPTIONS: tuple[Option, ...] = (
         "asyncio event loop implementation (uvloop is faster; asyncio is the standard library's)",
         choices=("uvloop", "asyncio"),
     ),
+    Option(
+        "workers",
+        "str",
+        "1",
+        "processes serving the HTTP front: a number, or auto (the CPUs the affinity mask and cgroup quota "
+        "allow); 1 runs no extra process",
+    ),
     Option("log-format", "choice", "text", "log line format", choices=LOG_FORMATS),
     Option("log-level", "choice", "info", "least severe level logged", choices=LOG_LEVELS),
     Option("access-log", "bool", False, "log one line per request (off by default: it costs throughput)"),
@@ -195,6 +204,7 @@ class Settings:
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
     event_loop: str = "uvloop"
+    workers: int = 1
     log_format: str = "text"
     log_level: str = "info"
     access_log: bool = False
@@ -376,10 +386,21 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         max_header_bytes=_positive(raw["max_header_bytes"], "max-header-bytes"),
         max_headers=_positive(raw["max_headers"], "max-headers"),
         event_loop=raw["event_loop"],
+        workers=_workers(raw["workers"]),
         log_format=raw["log_format"],
         log_level=raw["log_level"],
         access_log=raw["access_log"],
     )
+
+
+def _workers(value: Any) -> int:
+    """`--workers`: `auto` (usable CPUs, see proxy.cpus) or a whole number from 1 to MAX_WORKERS."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return min(MAX_WORKERS, usable_cpus())
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ConfigError(f"workers: expected auto or a whole number from 1 to {MAX_WORKERS}, got {value!r}")
+    return int(text)
 
 
 def _client_id(raw: Mapping[str, Any], env: Mapping[str, str], profile: Mapping[str, str]) -> str:

@@ -15,6 +15,9 @@ from proxy.credentials.cache import Fetch, Observer, RefreshingToken, Token, Tok
 from proxy.credentials.oauth import OAuthClient
 from proxy.errors import NoCredential, TokenError
 
+# Which credential a token belongs to: None for the workspace token, else (invocation URL, authorization details).
+TokenKey = tuple[str, str] | None
+
 
 def secret_from_file(path: Path) -> Callable[[], asyncio.Future[str]]:
     """Read the secret on every fetch, so a rotated Kubernetes Secret is picked up without a restart."""
@@ -103,28 +106,36 @@ class Credentials:
         *,
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
+        on_token: Callable[[TokenKey, Token], None] | None = None,
     ) -> None:
+        """`on_token(key, token)` runs whenever a token is obtained, refreshes included."""
         self._oauth = oauth
         self._clock = clock
         self._observer = observer
-        self.workspace = self._token(workspace_fetch, kind="workspace", label="")
+        self._on_token = on_token
+        self.workspace = self._token(workspace_fetch, kind="workspace", label="", key=None)
         self.data_plane = TokenCache()
 
     def __repr__(self) -> str:
         return f"Credentials(workspace={self.workspace!r}, data_plane={self.data_plane!r})"
 
-    def _token(self, fetch: Fetch, *, kind: str, label: str) -> RefreshingToken:
+    def _token(self, fetch: Fetch, *, kind: str, label: str, key: TokenKey) -> RefreshingToken:
+        hook = self._on_token
+        on_token = None if hook is None else lambda token: hook(key, token)
         if self._observer is None:
-            return RefreshingToken(fetch, kind=kind, label=label, clock=self._clock)
-        return RefreshingToken(fetch, kind=kind, label=label, clock=self._clock, observer=self._observer)
+            return RefreshingToken(fetch, kind=kind, label=label, clock=self._clock, on_token=on_token)
+        return RefreshingToken(
+            fetch, kind=kind, label=label, clock=self._clock, observer=self._observer, on_token=on_token
+        )
 
     def for_target(self, url: str, authorization_details: str | None, *, label: str) -> RefreshingToken:
         """The token for an invocation URL: data-plane when it has authorization details, else workspace."""
         if authorization_details is None:
             return self.workspace
+        key = (url, authorization_details)
         return self.data_plane.get_or_create(
-            (url, authorization_details),
-            lambda: self._token(self._exchange_fetch(authorization_details), kind="data_plane", label=label),
+            key,
+            lambda: self._token(self._exchange_fetch(authorization_details), kind="data_plane", label=label, key=key),
         )
 
     async def forget(self, url: str, authorization_details: str | None) -> None:

@@ -1,0 +1,207 @@
+"""Caller connections accepted by the parent and handed to workers (SCM_RIGHTS over a Unix SOCK_SEQPACKET pair).
+
+Rules:
+1. The parent binds the HTTP listen address once (a taken port fails the start, as with one process;
+   port 0 picks one port for all) and is the only process that accepts on it.
+2. The listening sockets are read only while at least one worker is serving; otherwise connections wait
+   in the kernel's backlog (up to BACKLOG), so nothing is refused while a worker restarts.
+3. Each accepted connection goes to the next serving worker, round robin, so N connections opened at
+   once are spread evenly: a caller's few long-lived keep-alive connections land on different workers.
+4. A hand-off that cannot be written at once (that worker's queue is full: it is stuck) goes to the next
+   serving worker; if none takes it, the connection is closed (the caller sees a reset and may retry).
+5. Out of file descriptors (EMFILE/ENFILE): accepting pauses for FD_PAUSE s, with one log line per pause.
+6. The worker side (`Inbox`) reads every descriptor waiting and hands each socket to the HTTP front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from proxy.config import Address
+
+log = logging.getLogger("serving_sidecar")
+
+BACKLOG = 1024
+ACCEPT_BATCH = 64  # connections accepted per readiness event, so a flood cannot starve the parent's loop
+FD_PAUSE = 1.0
+_MARK = b"c"  # the byte each descriptor travels with
+
+
+class Target(Protocol):
+    """A worker as the acceptor sees it."""
+
+    @property
+    def serving(self) -> bool: ...
+
+    @property
+    def handoff(self) -> socket.socket | None: ...
+
+
+def listen(address: Address) -> list[socket.socket]:
+    """Listening sockets for `address` (every address it resolves to, one port), non-blocking (rule 1)."""
+    infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    port = address.port
+    try:
+        for family, kind, proto, _, sockaddr in infos:
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((sockaddr[0], port, *sockaddr[2:]))
+            port = sock.getsockname()[1]
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class Acceptor:
+    """The parent's accept loop (rules 2-5)."""
+
+    def __init__(self, sockets: Sequence[socket.socket], targets: Sequence[Target]) -> None:
+        self._sockets = list(sockets)
+        self._targets = targets
+        self._next = 0
+        self._reading = False
+        self._paused: asyncio.TimerHandle | None = None
+        self.handed = 0
+
+    def __repr__(self) -> str:
+        return f"Acceptor(sockets={len(self._sockets)}, reading={self._reading}, handed={self.handed})"
+
+    @property
+    def port(self) -> int:
+        return int(self._sockets[0].getsockname()[1]) if self._sockets else 0
+
+    def update(self) -> None:
+        """Read the listening sockets if and only if a worker is serving (rule 2); call when that changes."""
+        want = any(target.serving for target in self._targets) and self._paused is None and bool(self._sockets)
+        if want == self._reading:
+            return
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets:
+            if want:
+                loop.add_reader(sock.fileno(), self._accept, sock)
+            else:
+                loop.remove_reader(sock.fileno())
+        self._reading = want
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets (connections still in the backlog are reset)."""
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        self._targets = []
+        self.update()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause(error)
+                    return
+                raise
+            self._hand(conn)
+
+    def _hand(self, conn: socket.socket) -> None:
+        if conn.family in (socket.AF_INET, socket.AF_INET6):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for _ in range(len(self._targets)):
+                target = self._targets[self._next % len(self._targets)]
+                self._next += 1
+                if target.serving and target.handoff is not None and _send(target.handoff, conn):
+                    self.handed += 1
+                    return
+            log.warning("no worker could take a new connection (all busy or restarting): closed it")
+        finally:
+            conn.close()  # the worker holds its own descriptor now
+
+    def _pause(self, error: OSError) -> None:
+        log.warning("cannot accept connections: %s; accepting again in %.0f s", error.strerror, FD_PAUSE)
+        self._paused = asyncio.get_running_loop().call_later(FD_PAUSE, self._resume)
+        self.update()
+
+    def _resume(self) -> None:
+        self._paused = None
+        self.update()
+
+
+def _send(handoff: socket.socket, conn: socket.socket) -> bool:
+    try:
+        socket.send_fds(handoff, [_MARK], [conn.fileno()])
+    except (BlockingIOError, InterruptedError):
+        return False  # rule 4: that worker is not reading its queue
+    except OSError:
+        return False  # the worker is gone
+    return True
+
+
+class Inbox:
+    """The worker's end: descriptors from the parent become connections of the HTTP front (rule 6)."""
+
+    def __init__(self, handoff: socket.socket, adopt: Callable[[socket.socket], Awaitable[None]]) -> None:
+        handoff.setblocking(False)
+        self._handoff = handoff
+        self._adopt = adopt
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reading = False
+        self.received = 0
+
+    def __repr__(self) -> str:
+        return f"Inbox(received={self.received}, reading={self._reading})"
+
+    def start(self) -> None:
+        asyncio.get_running_loop().add_reader(self._handoff.fileno(), self._receive)
+        self._reading = True
+
+    def stop(self) -> None:
+        if self._reading:
+            self._reading = False
+            asyncio.get_running_loop().remove_reader(self._handoff.fileno())
+        self._handoff.close()
+
+    def _receive(self) -> None:
+        while self._reading:
+            try:
+                data, fds, _, _ = socket.recv_fds(self._handoff, len(_MARK), 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data and not fds:
+                self.stop()  # the parent closed its end: no more connections come
+                return
+            for fd in fds:
+                self.received += 1
+                self._start(socket.socket(fileno=fd))
+
+    def _start(self, sock: socket.socket) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        try:
+            await self._adopt(sock)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.close()

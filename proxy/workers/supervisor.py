@@ -1,0 +1,273 @@
+"""The parent's side of `--workers N`: the HTTP listener, N worker processes, their restarts and their stop.
+
+`Workers` is the sidecar's HTTP `Listener` when N > 1. Rules:
+1. `start` binds the listen address (see `handoff`) and spawns N workers, each a fresh interpreter
+   (`python -m proxy.workers`) given its two socketpair ends; its environment has no `DATABRICKS_*` or
+   `SERVING_SIDECAR_*` variable (the client secret stays in the parent) and its settings come over the
+   channel without the client secret.
+2. A worker counts as serving from its `serving` note until it exits. `problem()` is None only while all
+   N serve; otherwise it says which do not, or that they are crash-looping (`restarts`).
+3. A worker that exits unasked is logged with its exit code or signal and replaced by a new process in
+   the same slot (same number) after the delay `restarts` gives. Its last metrics snapshot's counters
+   and histograms are kept (`retired`), so totals never go down.
+4. `stop(grace)`: accepting stops at once, every worker gets `stop {grace}` (one not yet talking gets
+   SIGTERM), and all have grace + STOP_MARGIN s to exit before they are killed. Nothing restarts then.
+5. `gather()` (each scrape) asks every serving worker for a fresh snapshot, waiting at most
+   SCRAPE_TIMEOUT s for each, and falls back to the one it last pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from proxy.config import Address, Settings
+from proxy.errors import SidecarError
+from proxy.metrics import Snapshot, combine, snapshot_from_wire, totals_only
+from proxy.workers.authority import Authority
+from proxy.workers.channel import Channel, Message
+from proxy.workers.handoff import Acceptor, listen
+from proxy.workers.restarts import LIMIT, WINDOW, Restarts
+from proxy.workers.wire import settings_to_wire
+
+log = logging.getLogger("serving_sidecar")
+
+STOP_MARGIN = 1.0
+SCRAPE_TIMEOUT = 1.0
+_PRIVATE_ENV_PREFIXES = ("DATABRICKS_", "SERVING_SIDECAR_")
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The parent's environment without credentials or sidecar options (rule 1). Pure."""
+    return {key: value for key, value in environ.items() if not key.startswith(_PRIVATE_ENV_PREFIXES)}
+
+
+def describe_exit(returncode: int) -> str:
+    """`exited with code 3`, `was killed by SIGKILL`. Pure."""
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-returncode).name}"
+        return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class _Slot:
+    """Worker number `index` (1..N); its process changes with every restart."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: asyncio.subprocess.Process | None = None
+        self.channel: Channel | None = None
+        self.handoff: socket.socket | None = None
+        self.serving = False
+        self.latest: Snapshot = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        pid = self.process.pid if self.process is not None else None
+        return f"_Slot({self.index}, pid={pid}, serving={self.serving})"
+
+
+class Workers:
+    def __init__(
+        self,
+        settings: Settings,
+        authority: Authority,
+        *,
+        count: int | None = None,
+        restarts: Restarts | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.authority = authority
+        self.count = count or settings.workers
+        self.port = 0
+        self._slots = [_Slot(index) for index in range(1, self.count + 1)]
+        self._restarts = restarts or Restarts()
+        self._clock = clock
+        self._acceptor: Acceptor | None = None
+        self._retired: Snapshot = {}
+        self._stopping = False
+        authority.broadcast = self.broadcast
+
+    def __repr__(self) -> str:
+        return f"Workers(port={self.port}, slots={self._slots}, {self._restarts!r})"
+
+    @property
+    def pids(self) -> list[int]:
+        return [slot.process.pid for slot in self._slots if slot.process is not None]
+
+    async def start(self, address: Address) -> int:
+        """Rule 1: bind, then spawn the workers (they serve once each says so)."""
+        self._acceptor = Acceptor(listen(address), self._slots)
+        self.port = self._acceptor.port
+        for slot in self._slots:
+            await self._spawn(slot)
+        return self.port
+
+    def problem(self) -> str | None:
+        """Rule 2."""
+        if self._restarts.crash_looping(self._clock()):
+            return f"workers are crash-looping ({LIMIT} exits within {WINDOW:.0f} s): restarts are held back"
+        waiting = [str(slot.index) for slot in self._slots if not slot.serving]
+        if waiting:
+            return f"HTTP worker {', '.join(waiting)} of {self.count} not serving yet"
+        return None
+
+    def broadcast(self, op: str, **fields: Any) -> None:
+        """A note to every worker that is talking (the authority's updates)."""
+        for slot in self._slots:
+            if slot.channel is not None:
+                slot.channel.note(op, **fields)
+
+    async def gather(self) -> list[Snapshot]:
+        """Rule 5: every worker's share of the metrics, the exited ones' totals included."""
+        fresh = await asyncio.gather(*(self._snapshot(slot) for slot in self._slots))
+        return [self._retired, *fresh]
+
+    async def stop(self, grace: float) -> None:
+        """Rule 4."""
+        self._stopping = True
+        if self._acceptor is not None:
+            self._acceptor.close()
+        running = []
+        for slot in self._slots:
+            if slot.process is None or slot.process.returncode is not None:
+                if slot.task is not None:
+                    slot.task.cancel()  # waiting to restart
+                continue
+            running.append(slot)
+            if slot.channel is not None and slot.serving:
+                slot.channel.note("stop", grace=grace)
+            else:
+                slot.process.send_signal(signal.SIGTERM)
+        await self._wait_exits(running, grace + STOP_MARGIN)
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    async def _spawn(self, slot: _Slot) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        handoff, child_handoff = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        handoff.setblocking(False)
+        try:
+            slot.process = await asyncio.create_subprocess_exec(
+                *self._command(slot.index, child_end.fileno(), child_handoff.fileno()),
+                pass_fds=(child_end.fileno(), child_handoff.fileno()),
+                env=worker_environment(os.environ),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        except OSError:
+            parent_end.close()
+            handoff.close()
+            raise
+        finally:
+            child_end.close()
+            child_handoff.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent_end)
+        slot.channel = Channel(
+            reader,
+            writer,
+            on_note=lambda op, message: self._on_note(slot, op, message),
+            on_call=lambda op, message: self._on_call(slot, op, message),
+            name=f"channel to worker {slot.index}",
+        )
+        slot.handoff = handoff
+        slot.task = asyncio.get_running_loop().create_task(self._watch(slot, slot.process, slot.channel))
+        log.info("HTTP worker %d started (pid %d)", slot.index, slot.process.pid)
+
+    def _command(self, index: int, channel_fd: int, handoff_fd: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "proxy.workers",
+            *("--index", str(index), "--channel", str(channel_fd), "--handoff", str(handoff_fd)),
+            *("--event-loop", self.settings.event_loop),
+        ]
+
+    async def _watch(self, slot: _Slot, process: asyncio.subprocess.Process, channel: Channel) -> None:
+        """Rule 3: read the worker's channel until it exits, then restart it unless stopping."""
+        reading = asyncio.get_running_loop().create_task(channel.run())
+        returncode = await process.wait()
+        channel.close()
+        await asyncio.gather(reading, return_exceptions=True)
+        self._forget(slot)
+        if self._stopping:
+            return
+        delay = self._restarts.exited(self._clock())
+        log.warning(
+            "HTTP worker %d (pid %d) %s; starting another in %.1f s",
+            slot.index,
+            process.pid,
+            describe_exit(returncode),
+            delay,
+        )
+        if self._restarts.crash_looping(self._clock()):
+            log.error(
+                "HTTP workers are crash-looping (%d exits within %.0f s): the sidecar is not ready", LIMIT, WINDOW
+            )
+        await asyncio.sleep(delay)
+        if not self._stopping:
+            await self._spawn(slot)
+
+    def _forget(self, slot: _Slot) -> None:
+        slot.serving = False
+        slot.channel = None
+        if self._acceptor is not None:
+            self._acceptor.update()
+        if slot.handoff is not None:
+            slot.handoff.close()
+            slot.handoff = None
+        self._retired = combine([self._retired, totals_only(slot.latest)])
+        slot.latest = {}
+
+    def _on_note(self, slot: _Slot, op: str, message: Message) -> None:
+        if op == "serving":
+            slot.serving = True
+            if self._acceptor is not None:
+                self._acceptor.update()
+            log.info("HTTP worker %d serving (pid %s)", slot.index, message.get("pid"))
+        elif op == "metrics":
+            slot.latest = snapshot_from_wire(message.get("snapshot"))
+        else:
+            self.authority.on_note(op, message)
+
+    async def _on_call(self, slot: _Slot, op: str, message: Message) -> Message:
+        if op == "hello":
+            return {"settings": settings_to_wire(self.settings)}
+        return await self.authority.on_call(op, message)
+
+    async def _snapshot(self, slot: _Slot) -> Snapshot:
+        channel = slot.channel
+        if channel is None or not slot.serving:
+            return slot.latest
+        try:
+            async with asyncio.timeout(SCRAPE_TIMEOUT):
+                reply = await channel.call("metrics")
+            snapshot = snapshot_from_wire(reply.get("snapshot"))
+        except (SidecarError, TimeoutError, ValueError) as error:
+            log.debug("HTTP worker %d gave no metrics (%r): using its last push", slot.index, error)
+            return slot.latest
+        if slot.channel is not channel:
+            return {}  # it exited meanwhile: its totals are in `retired` already
+        slot.latest = snapshot
+        return snapshot
+
+    async def _wait_exits(self, slots: list[_Slot], seconds: float) -> None:
+        tasks = [slot.task for slot in slots if slot.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=seconds)
+        if pending:
+            for slot in slots:
+                if slot.process is not None and slot.process.returncode is None:
+                    log.warning("HTTP worker %d did not stop in time: killing it", slot.index)
+                    slot.process.kill()
+            await asyncio.wait(pending, timeout=STOP_MARGIN)

@@ -1,0 +1,177 @@
+"""`serving-sidecar run --workers 2` as a real process tree against the emulated workspace.
+
+Which worker served a call is read from the access log (`worker=<n>` on every worker's line), never from
+a response header; the process tree from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+
+from proxy.emulator import Emulator
+from tests.e2e.conftest import Launch, SidecarProcess
+
+CONNECTIONS = 8
+CALLS = 400
+WITHIN = 20.0  # seconds any awaited condition below gets; every wait is bounded by it
+
+
+def children(pid: int) -> set[int]:
+    """Live processes whose parent is `pid` (from /proc, so it needs no helper library)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def eventually(check: object, what: str) -> None:
+    deadline = time.monotonic() + WITHIN
+    while True:
+        result = check() if callable(check) else check
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, f"not within {WITHIN} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def metrics_text(sidecar: SidecarProcess) -> str:
+    async with aiohttp.ClientSession() as session, session.get(sidecar.url("/metrics", "admin")) as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+def total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    found = 0.0
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if match is None:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+        if all(have.get(key) == value for key, value in labels.items()):
+            found += float(match.group(2))
+    return found
+
+
+async def readiness(sidecar: SidecarProcess) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(sidecar.url("/readyz", "admin")) as resp:
+        return resp.status, json.loads(await resp.text())["reason"]
+
+
+async def is_ready(sidecar: SidecarProcess) -> bool:
+    return (await readiness(sidecar))[0] == 200
+
+
+async def call_over(sidecar: SidecarProcess, client: int, calls: int) -> list[tuple[int, bytes]]:
+    """`calls` sequential calls on one keep-alive connection; the model answers the sum of the record."""
+    answers = []
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for n in range(calls):
+            body = {"dataframe_records": [{"client": client, "n": n}]}
+            async with session.post(sidecar.url("/serving-endpoints/fraud-ro/invocations"), json=body) as resp:
+                answers.append((resp.status, await resp.read()))
+    return answers
+
+
+def expected(client: int, calls: int) -> list[tuple[int, bytes]]:
+    return [(200, b'{"predictions":[%d]}' % (client + n)) for n in range(calls)]
+
+
+def served_by(log: str) -> dict[str, int]:
+    """Access-log lines per worker number."""
+    counts: dict[str, int] = {}
+    for line in log.splitlines():
+        if "serving_sidecar.access" in line and "/invocations" in line:
+            match = re.search(r"\bworker=(\d+)", line)
+            key = match.group(1) if match else "none"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+async def test_two_workers_one_authority_one_set_of_metrics_and_a_clean_stop(emu: Emulator, launch: Launch) -> None:
+    sidecar = await launch(
+        "--workers", "2", "--endpoint", "fraud-ro", "--access-log", "--drain-delay", "0", "--drain-timeout", "10"
+    )
+    workers = children(sidecar.process.pid)
+    assert len(workers) == 2, sidecar.log()
+
+    per_client = CALLS // CONNECTIONS
+    answers = await asyncio.gather(*(call_over(sidecar, client, per_client) for client in range(CONNECTIONS)))
+    for client, got in enumerate(answers):
+        assert got == expected(client, per_client), sidecar.log()
+
+    await eventually(lambda: sum(served_by(sidecar.log()).values()) == CALLS, "every call in the access log")
+    by_worker = served_by(sidecar.log())
+    assert set(by_worker) == {"1", "2"}, by_worker  # both processes served calls, and only workers did
+    assert by_worker["1"] == by_worker["2"] == CALLS // 2  # 8 connections handed out round robin, 4 each
+
+    counters = emu.counters.snapshot()
+    assert counters["token_grants"]["client_credentials"] == 1, counters
+    assert counters["token_grants"]["jwt_bearer"] == 1, counters
+    assert counters["metadata_reads"] == {"fraud-ro": 1}, counters
+
+    text = await metrics_text(sidecar)
+    assert total(text, "serving_sidecar_requests_total") == CALLS
+    assert total(text, "serving_sidecar_requests_total", endpoint="fraud-ro", front="http", code="200") == CALLS
+    assert total(text, "serving_sidecar_request_duration_seconds_count", front="http") == CALLS
+    assert total(text, "serving_sidecar_upstream_request_duration_seconds_count", endpoint="fraud-ro") == CALLS
+    assert total(text, "serving_sidecar_token_fetches_total", kind="data_plane", result="success") == 1
+    assert total(text, "serving_sidecar_in_flight_requests", front="http") == 0
+    assert text.count("# TYPE serving_sidecar_requests_total counter") == 1  # one family, not one per process
+
+    sidecar.signal(signal.SIGTERM)
+    assert await sidecar.wait(15) == 0, sidecar.log()
+    await eventually(lambda: not any(alive(pid) for pid in workers), "no worker process left")
+
+
+async def test_a_killed_worker_is_replaced_and_calls_keep_succeeding(launch: Launch) -> None:
+    sidecar = await launch("--workers", "2", "--endpoint", "fraud-ro", "--drain-delay", "0")
+    before = await asyncio.gather(*(call_over(sidecar, client, 10) for client in range(4)))
+    assert before == [expected(client, 10) for client in range(4)]
+    await metrics_text(sidecar)  # a scrape collects every worker's counts: the killed one's are kept
+    victim = min(children(sidecar.process.pid))
+
+    os.kill(victim, signal.SIGKILL)
+    # Connections it held, or was handed at the moment it died, are gone with it (as with any crash).
+    # Once the parent has seen it die, new connections go to the surviving worker while it is replaced.
+    await eventually(lambda: f"(pid {victim}) was killed by SIGKILL; starting another" in sidecar.log(), "logged")
+    during = await asyncio.gather(*(call_over(sidecar, client, 10) for client in range(4)))
+    assert during == [expected(client, 10) for client in range(4)], sidecar.log()
+
+    await eventually(lambda: len(children(sidecar.process.pid) - {victim}) == 2, "a new worker in its place")
+    await eventually(lambda: is_ready(sidecar), "ready again")
+    assert await readiness(sidecar) == (200, "ready"), sidecar.log()
+    after = await asyncio.gather(*(call_over(sidecar, client, 10) for client in range(4)))
+    assert after == [expected(client, 10) for client in range(4)]
+    text = await metrics_text(sidecar)
+    assert total(text, "serving_sidecar_requests_total", endpoint="fraud-ro", code="200") == 120
+
+    sidecar.signal(signal.SIGTERM)
+    assert await sidecar.wait(15) == 0, sidecar.log()
