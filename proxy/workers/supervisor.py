@@ -35,6 +35,7 @@ from proxy.metrics import Snapshot, combine, snapshot_from_wire, totals_only
 from proxy.workers.authority import Authority
 from proxy.workers.channel import Channel, Message
 from proxy.workers.handoff import Acceptor, listen
+from proxy.workers.process import Child
 from proxy.workers.restarts import LIMIT, WINDOW, Restarts
 from proxy.workers.wire import settings_to_wire
 
@@ -64,7 +65,7 @@ class _Slot:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: Child | None = None
         self.channel: Channel | None = None
         self.handoff: socket.socket | None = None
         self.serving = False
@@ -158,11 +159,10 @@ class Workers:
         handoff, child_handoff = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         handoff.setblocking(False)
         try:
-            slot.process = await asyncio.create_subprocess_exec(
-                *self._command(slot.index, child_end.fileno(), child_handoff.fileno()),
-                pass_fds=(child_end.fileno(), child_handoff.fileno()),
+            slot.process = Child.spawn(
+                self._command(slot.index, child_end.fileno(), child_handoff.fileno()),
                 env=worker_environment(os.environ),
-                stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(child_end.fileno(), child_handoff.fileno()),
             )
         except OSError:
             parent_end.close()
@@ -192,7 +192,7 @@ class Workers:
             *("--event-loop", self.settings.event_loop),
         ]
 
-    async def _watch(self, slot: _Slot, process: asyncio.subprocess.Process, channel: Channel) -> None:
+    async def _watch(self, slot: _Slot, process: Child, channel: Channel) -> None:
         """Rule 3: read the worker's channel until it exits, then restart it unless stopping."""
         reading = asyncio.get_running_loop().create_task(channel.run())
         returncode = await process.wait()

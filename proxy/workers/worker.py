@@ -149,7 +149,11 @@ async def serve(index: int, channel_fd: int, handoff_fd: int) -> int:
         log.warning("the parent process is gone: exiting at once")
         _exit_now(1)
     inbox.stop()
-    await front.stop(worker.stopping.result())
+    stopping = loop.create_task(front.stop(worker.stopping.result()))
+    await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        log.warning("the parent process is gone while draining: exiting at once")
+        _exit_now(1)
     await _cancel(background)
     assert worker.pools is not None and worker.metrics is not None
     worker.pools.close()

@@ -10,14 +10,19 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import aiohttp
+import grpc
 
+from proxy._proto.servingsidecar.v1 import serving_proxy_pb2 as pb
+from proxy._proto.servingsidecar.v1 import serving_proxy_pb2_grpc as pb_grpc
 from proxy.emulator import Emulator
-from tests.e2e.conftest import Launch, SidecarProcess
+from tests.e2e.conftest import Launch, SidecarProcess, free_port
 
 CONNECTIONS = 8
 CALLS = 400
@@ -145,6 +150,12 @@ async def test_two_workers_one_authority_one_set_of_metrics_and_a_clean_stop(emu
     assert total(text, "serving_sidecar_token_fetches_total", kind="data_plane", result="success") == 1
     assert total(text, "serving_sidecar_in_flight_requests", front="http") == 0
     assert text.count("# TYPE serving_sidecar_requests_total counter") == 1  # one family, not one per process
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool is not installed: run `bash .ci/install-system-packages`"
+    checked = await asyncio.to_thread(
+        subprocess.run, [promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
 
     sidecar.signal(signal.SIGTERM)
     assert await sidecar.wait(15) == 0, sidecar.log()
@@ -175,3 +186,146 @@ async def test_a_killed_worker_is_replaced_and_calls_keep_succeeding(launch: Lau
 
     sidecar.signal(signal.SIGTERM)
     assert await sidecar.wait(15) == 0, sidecar.log()
+
+
+async def test_a_401_in_both_workers_mints_once_for_all(emu: Emulator, launch: Launch) -> None:
+    sidecar = await launch("--workers", "2", "--endpoint", "fraud-ro", "--access-log")
+    assert await asyncio.gather(*(call_over(sidecar, client, 2) for client in range(4))) == [
+        expected(client, 2) for client in range(4)
+    ]
+    grants = emu.counters.snapshot()["token_grants"]
+    emu.revoke_all_tokens()  # every token the sidecar holds now gets 401
+
+    answers = await asyncio.gather(*(call_over(sidecar, client, 5) for client in range(CONNECTIONS)))
+    assert answers == [expected(client, 5) for client in range(CONNECTIONS)], sidecar.log()
+    after = emu.counters.snapshot()["token_grants"]
+    assert after["client_credentials"] == grants["client_credentials"] + 1
+    assert after["jwt_bearer"] == grants["jwt_bearer"] + 1
+    assert set(served_by(sidecar.log())) == {"1", "2"}
+
+
+async def test_a_recreated_endpoint_is_looked_up_once_for_all_workers(emu: Emulator, launch: Launch) -> None:
+    sidecar = await launch("--workers", "2", "--endpoint", "fraud-ro")
+    assert await asyncio.gather(*(call_over(sidecar, client, 2) for client in range(4))) == [
+        expected(client, 2) for client in range(4)
+    ]
+    before = emu.counters.snapshot()
+    emu.recreate_endpoint("fraud-ro")
+
+    answers = await asyncio.gather(*(call_over(sidecar, client, 5) for client in range(CONNECTIONS)))
+    assert answers == [expected(client, 5) for client in range(CONNECTIONS)], sidecar.log()
+    after = emu.counters.snapshot()
+    assert after["metadata_reads"]["fraud-ro"] == before["metadata_reads"]["fraud-ro"] + 1
+    assert after["token_grants"]["jwt_bearer"] == before["token_grants"]["jwt_bearer"] + 1
+
+
+async def in_flight(sidecar: SidecarProcess) -> float:
+    return total(await metrics_text(sidecar), "serving_sidecar_in_flight_requests", front="http")
+
+
+async def slow_calls(sidecar: SidecarProcess, count: int) -> list[asyncio.Task[list[tuple[int, bytes]]]]:
+    """`count` calls in flight on as many connections (spread over the workers), once they all arrived."""
+    tasks = [asyncio.create_task(call_over(sidecar, client, 1)) for client in range(count)]
+    await eventually(lambda: in_flight_is(sidecar, count), f"{count} calls in flight")
+    return tasks
+
+
+async def in_flight_is(sidecar: SidecarProcess, count: int) -> bool:
+    return await in_flight(sidecar) == count
+
+
+async def test_sigterm_drains_every_worker_and_exits_zero(emu: Emulator, launch: Launch) -> None:
+    emu.faults.latency["fraud-ro"] = 2.0
+    sidecar = await launch("--workers", "2", "--endpoint", "fraud-ro", "--drain-delay", "0.5", "--drain-timeout", "10")
+    workers = children(sidecar.process.pid)
+    calls = await slow_calls(sidecar, 4)  # two in each worker
+    signalled = time.monotonic()
+    sidecar.signal(signal.SIGTERM)
+    assert (await readiness(sidecar))[0] == 503
+    assert [await call for call in calls] == [expected(client, 1) for client in range(4)]
+    assert await sidecar.wait(15) == 0, sidecar.log()
+    assert time.monotonic() - signalled < 0.5 + 10
+    await eventually(lambda: not any(alive(pid) for pid in workers), "no worker process left")
+
+
+async def test_the_drain_timeout_cuts_calls_in_every_worker(emu: Emulator, launch: Launch) -> None:
+    emu.faults.latency["fraud-ro"] = 60.0
+    sidecar = await launch("--workers", "2", "--endpoint", "fraud-ro", "--drain-delay", "0", "--drain-timeout", "1")
+    workers = children(sidecar.process.pid)
+    calls = await slow_calls(sidecar, 4)
+    signalled = time.monotonic()
+    sidecar.signal(signal.SIGTERM)
+    assert await sidecar.wait(15) == 0, sidecar.log()
+    assert time.monotonic() - signalled < 0 + 1 + 5  # drain_delay + drain_timeout, with room for a loaded machine
+    for call in calls:
+        try:
+            answer = await call
+        except aiohttp.ClientError:
+            continue  # cut, as documented
+        raise AssertionError(f"a 60 s call was answered within the 1 s drain: {answer}")
+    await eventually(lambda: not any(alive(pid) for pid in workers), "no worker process left")
+
+
+async def test_a_second_signal_stops_every_process_at_once(emu: Emulator, launch: Launch) -> None:
+    emu.faults.latency["fraud-ro"] = 60.0
+    sidecar = await launch("--workers", "2", "--endpoint", "fraud-ro", "--drain-delay", "0", "--drain-timeout", "60")
+    workers = children(sidecar.process.pid)
+    calls = await slow_calls(sidecar, 2)
+    sidecar.signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    sidecar.signal(signal.SIGTERM)
+    assert await sidecar.wait(5) == 128 + signal.SIGTERM, sidecar.log()
+    await eventually(lambda: not any(alive(pid) for pid in workers), "no worker process left")
+    await asyncio.gather(*calls, return_exceptions=True)
+
+
+async def test_quitquitquit_stops_every_worker(launch: Launch) -> None:
+    sidecar = await launch("--workers", "2", "--drain-delay", "0")
+    workers = children(sidecar.process.pid)
+    async with aiohttp.ClientSession() as session, session.post(sidecar.url("/quitquitquit", "admin")) as resp:
+        assert resp.status == 200
+    assert await sidecar.wait(15) == 0, sidecar.log()
+    await eventually(lambda: not any(alive(pid) for pid in workers), "no worker process left")
+
+
+async def test_workers_that_keep_dying_make_the_sidecar_unready_without_spinning(launch: Launch) -> None:
+    sidecar = await launch("--workers", "2", "--drain-delay", "0")
+    killed: set[int] = set()
+    for _ in range(5):  # the restart policy's limit within its 60 s window
+        await eventually(lambda: len(children(sidecar.process.pid) - killed) == 2, "both workers running")
+        victim = min(children(sidecar.process.pid) - killed)
+        os.kill(victim, signal.SIGKILL)
+        killed.add(victim)
+        line = f"(pid {victim}) was killed by SIGKILL"
+        await eventually(lambda: line in sidecar.log(), "the exit logged")  # noqa: B023 (awaited here)
+
+    status, reason = await readiness(sidecar)
+    assert status == 503 and "crash-looping" in reason, reason
+    assert "HTTP workers are crash-looping" in sidecar.log()
+    survivors = children(sidecar.process.pid)
+    assert len(survivors) == 1
+    await asyncio.sleep(1.0)  # the next restart waits until the first exit is 60 s old: nothing starts now
+    assert children(sidecar.process.pid) == survivors
+    assert await call_over(sidecar, 0, 1) == expected(0, 1)  # the surviving worker still answers
+    sidecar.signal(signal.SIGTERM)
+    assert await sidecar.wait(15) == 0, sidecar.log()
+
+
+async def test_the_grpc_front_stays_in_the_parent_with_the_same_tokens_and_metrics(
+    emu: Emulator, launch: Launch
+) -> None:
+    grpc_port = free_port()
+    sidecar = await launch("--workers", "2", "--endpoint", "fraud-ro", "--grpc-listen", f"127.0.0.1:{grpc_port}")
+    body = json.dumps({"dataframe_records": [{"a": 1}]}).encode()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = pb_grpc.ServingProxyStub(channel)
+        for _ in range(5):
+            answer = await stub.Invoke(pb.InvokeRequest(endpoint="fraud-ro", json_body=body), timeout=10)
+            assert answer.json_body == b'{"predictions":[1]}'
+    assert await call_over(sidecar, 0, 5) == expected(0, 5)
+
+    text = await metrics_text(sidecar)
+    assert total(text, "serving_sidecar_requests_total", front="grpc", code="200") == 5
+    assert total(text, "serving_sidecar_requests_total", front="http", code="200") == 5
+    counters = emu.counters.snapshot()
+    assert counters["token_grants"]["client_credentials"] == counters["token_grants"]["jwt_bearer"] == 1
