@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,10 +398,14 @@ def _workers(value: Any) -> int:
     """`--workers`: `auto` (usable CPUs, see proxy.cpus) or a whole number from 1 to MAX_WORKERS."""
     text = str(value).strip().lower()
     if text == "auto":
-        return min(MAX_WORKERS, usable_cpus())
-    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        count = min(MAX_WORKERS, usable_cpus()) if sys.platform == "linux" else 1
+    elif text.isdigit() and 1 <= int(text) <= MAX_WORKERS:
+        count = int(text)
+    else:
         raise ConfigError(f"workers: expected auto or a whole number from 1 to {MAX_WORKERS}, got {value!r}")
-    return int(text)
+    if count > 1 and sys.platform != "linux":
+        raise ConfigError(f"workers: more than one worker needs Linux (this is {sys.platform}); use 1")
+    return count
 
 
 def _client_id(raw: Mapping[str, Any], env: Mapping[str, str], profile: Mapping[str, str]) -> str:

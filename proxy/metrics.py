@@ -187,7 +187,7 @@ class Metrics:
         }
 
     def exposition(self, others: Sequence[Snapshot] = ()) -> bytes:
-        """The text exposition; `others` (workers' snapshots) are added to this registry's families."""
+        """The text exposition; `others` (workers' snapshots) are added to the families this registry defines."""
         if not others:
             return generate_latest(self.registry)
         merged = CollectorRegistry(auto_describe=False)

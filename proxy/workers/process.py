@@ -56,7 +56,7 @@ class Child:
         if self.returncode is not None:
             return self.returncode
         if self._pidfd is None:
-            while not self._reap():
+            while not self._reap():  # noqa: ASYNC110 - a child's exit has no event to wait on without a pidfd
                 await asyncio.sleep(POLL_INTERVAL)
             return self._returncode()
         loop = asyncio.get_running_loop()

@@ -188,7 +188,9 @@ async def test_a_killed_worker_is_replaced_and_calls_keep_succeeding(launch: Lau
     assert await sidecar.wait(15) == 0, sidecar.log()
 
 
-async def test_a_401_in_both_workers_mints_once_for_all(emu: Emulator, launch: Launch) -> None:
+async def test_a_401_in_one_worker_mints_once_and_every_worker_gets_the_new_token(
+    emu: Emulator, launch: Launch
+) -> None:
     sidecar = await launch("--workers", "2", "--endpoint", "fraud-ro", "--access-log")
     assert await asyncio.gather(*(call_over(sidecar, client, 2) for client in range(4))) == [
         expected(client, 2) for client in range(4)
@@ -196,12 +198,29 @@ async def test_a_401_in_both_workers_mints_once_for_all(emu: Emulator, launch: L
     grants = emu.counters.snapshot()["token_grants"]
     emu.revoke_all_tokens()  # every token the sidecar holds now gets 401
 
+    assert await call_over(sidecar, 0, 1) == expected(0, 1)  # one worker sees the 401; the parent mints anew
+    await metrics_text(sidecar)  # a round trip through every worker's channel: the new token was read first
+    answers = await asyncio.gather(*(call_over(sidecar, client, 5) for client in range(4)))  # both workers
+    assert answers == [expected(client, 5) for client in range(4)], sidecar.log()
+    assert emu.counters.snapshot()["invocations"]["fraud-ro"]["401"] == 1  # the other worker never used the old one
+    after = emu.counters.snapshot()["token_grants"]
+    assert after["client_credentials"] == grants["client_credentials"] + 1
+    assert after["jwt_bearer"] == grants["jwt_bearer"] + 1
+    assert set(served_by(sidecar.log())) == {"1", "2"}
+
+
+async def test_401s_in_both_workers_at_once_still_mint_once(emu: Emulator, launch: Launch) -> None:
+    sidecar = await launch("--workers", "2", "--endpoint", "fraud-ro")
+    assert await asyncio.gather(*(call_over(sidecar, client, 2) for client in range(4))) == [
+        expected(client, 2) for client in range(4)
+    ]
+    grants = emu.counters.snapshot()["token_grants"]
+    emu.revoke_all_tokens()
     answers = await asyncio.gather(*(call_over(sidecar, client, 5) for client in range(CONNECTIONS)))
     assert answers == [expected(client, 5) for client in range(CONNECTIONS)], sidecar.log()
     after = emu.counters.snapshot()["token_grants"]
     assert after["client_credentials"] == grants["client_credentials"] + 1
     assert after["jwt_bearer"] == grants["jwt_bearer"] + 1
-    assert set(served_by(sidecar.log())) == {"1", "2"}
 
 
 async def test_a_recreated_endpoint_is_looked_up_once_for_all_workers(emu: Emulator, launch: Launch) -> None:
