@@ -9,7 +9,8 @@
    N serve; otherwise it says which do not, or that they are crash-looping (`restarts`).
 3. A worker that exits unasked is logged with its exit code or signal and replaced by a new process in
    the same slot (same number) after the delay `restarts` gives. Its last metrics snapshot's counters
-   and histograms are kept (`retired`), so totals never go down.
+   and histograms are kept (`retired`), so totals never go down. One that does not say `serving` within
+   START_TIMEOUT s is killed, which counts as an exit.
 4. `stop(grace)`: accepting stops at once, every worker gets `stop {grace}` (one not yet talking gets
    SIGTERM), and all have grace + STOP_MARGIN s to exit before they are killed. Nothing restarts then.
 5. `gather()` (each scrape) asks every serving worker for a fresh snapshot, waiting at most
@@ -43,6 +44,7 @@ log = logging.getLogger("serving_sidecar")
 
 STOP_MARGIN = 1.0
 SCRAPE_TIMEOUT = 1.0
+START_TIMEOUT = 30.0
 _PRIVATE_ENV_PREFIXES = ("DATABRICKS_", "SERVING_SIDECAR_")
 
 
@@ -180,8 +182,20 @@ class Workers:
             name=f"channel to worker {slot.index}",
         )
         slot.handoff = handoff
-        slot.task = asyncio.get_running_loop().create_task(self._watch(slot, slot.process, slot.channel))
+        loop = asyncio.get_running_loop()
+        slot.task = loop.create_task(self._watch(slot, slot.process, slot.channel))
+        loop.call_later(START_TIMEOUT, self._check_started, slot, slot.process)
         log.info("HTTP worker %d started (pid %d)", slot.index, slot.process.pid)
+
+    def _check_started(self, slot: _Slot, process: Child) -> None:
+        if slot.process is process and not slot.serving and process.returncode is None and not self._stopping:
+            log.warning(
+                "HTTP worker %d (pid %d) did not start serving in %.0f s: killing it",
+                slot.index,
+                process.pid,
+                START_TIMEOUT,
+            )
+            process.kill()
 
     def _command(self, index: int, channel_fd: int, handoff_fd: int) -> list[str]:
         return [
