@@ -7,6 +7,10 @@ Drain (SIGTERM/SIGINT), in order:
 3. The front listeners stop accepting; keep-alive connections close after their current request, and
    requests in flight (streams included) get `drain_timeout` seconds to finish, then are cancelled.
 4. The admin listener closes last (probes and scrapes work until then), then tokens and pools.
+
+With `--workers N` (N > 1) the HTTP listener is `workers.supervisor.Workers`: N worker processes serve
+the HTTP front while this process keeps tokens, resolutions, the gRPC front and the admin listener (see
+`proxy.workers`); step 3 stops them all, and readiness also needs every worker serving.
 """
 
 from __future__ import annotations
