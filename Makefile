@@ -43,7 +43,9 @@ test: tools lint typecheck
 soak: venv
 	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
 
+# bench: wrk and nginx from Debian (scripts/install-bench-tools; apt-get the first time, as root).
 bench: venv
+	bash scripts/install-bench-tools
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:

@@ -6,7 +6,8 @@ Kubernetes: startupProbe -> /startupz, livenessProbe -> /healthz, readinessProbe
 - /startupz answers 200 once the sidecar has been ready (listeners up, a workspace token in hand) and
   stays 200 afterwards, so a Kubernetes native sidecar holds the app container back until it can serve.
 - /readyz does not depend on model health: only on a working credential, listeners up, not draining.
-  It turns 503 as soon as a drain starts.
+  It turns 503 as soon as a drain starts. It answers `Readiness.current()` (proxy/readiness.py), the
+  same computation the gRPC health service follows, so the two never disagree.
 - POST /quitquitquit starts the graceful stop (the `on_quit` hooks; the process then drains and exits 0),
   for Jobs whose sidecar is an ordinary container. Only from a loopback address (the pod's own
   containers): the admin listener is on the pod IP for the kubelet and Prometheus, and they must not be
@@ -18,39 +19,15 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from proxy.metrics import CONTENT_TYPE, Metrics, Snapshot
+from proxy.readiness import Health
+
+__all__ = ["Health", "build_admin_app"]
 
 Gather = Callable[[], Awaitable[Sequence[Snapshot]]]  # other processes' metrics (--workers), read at each scrape
-
-
-@dataclass(frozen=True)
-class Health:
-    started: bool
-    listening: bool
-    credential_ok: bool
-    draining: bool
-    credential_error: str | None = None
-    workers_problem: str | None = None  # --workers N: why not every HTTP worker serves, e.g. crash-looping
-
-    @property
-    def ready(self) -> bool:
-        return self.listening and self.credential_ok and not self.draining and self.workers_problem is None
-
-    def reason(self) -> str:
-        if self.draining:
-            return "draining"
-        if not self.listening:
-            return "listeners are not up"
-        if self.workers_problem is not None:
-            return self.workers_problem
-        if not self.credential_ok:
-            detail = f": {self.credential_error}" if self.credential_error else ""
-            return f"no working workspace credential yet{detail}"
-        return "ready"
 
 
 def is_loopback_peer(remote: str | None) -> bool:

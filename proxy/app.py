@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,7 +27,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy import assembly
-from proxy.admin import Health, build_admin_app
+from proxy.admin import build_admin_app
 from proxy.config import Address, Settings
 from proxy.credentials.cache import Fetch, Token
 from proxy.credentials.oauth import OAuthClient, SecretReader
@@ -41,8 +42,9 @@ from proxy.credentials.sources import (
 from proxy.downstream.grpc import GrpcFront
 from proxy.downstream.http import HttpFront
 from proxy.endpoints import Resolution, Resolver, metadata_fetcher
-from proxy.errors import SidecarError
+from proxy.errors import ConfigError, SidecarError
 from proxy.metrics import Metrics
+from proxy.readiness import Health, Readiness
 from proxy.upstream import build_ssl_context
 from proxy.upstream.control import ControlPlane
 from proxy.workers.authority import Authority
@@ -103,10 +105,15 @@ class Sidecar:
             client_id=settings.client_id,
             read_secret=_secret_reader(settings),
         )
+        # Readiness is recomputed on every event that can change it (rules in proxy/readiness.py).
+        self.readiness = Readiness(self._compute_health, usable_until=lambda: self.credentials.workspace.usable_until)
+        self.readiness.subscribe(lambda health: self.metrics.ready.set(1 if health.ready else 0))
         self.credentials = Credentials(
             self.oauth,
             self._workspace_fetch(),
+            workspace_url=settings.host,
             observer=self.metrics.observe_token_fetch,
+            on_workspace_change=self.readiness.current,
             on_token=self._token_obtained,
         )
         self.resolver = Resolver(
@@ -115,19 +122,21 @@ class Sidecar:
             ttl=settings.metadata_ttl,
             on_resolve=self.metrics.observe_resolution,
             on_change=self._resolution_changed,
+            configured=frozenset(settings.endpoints),
+            only_configured=settings.only_configured_endpoints,
         )
         self.observe_request = assembly.RequestObserver(settings, self.metrics, self.resolver)
         self.forwarder = assembly.forwarder(
             settings, self.resolver, self.credentials, self.upstream, self.metrics, self.observe_request
         )
         self.http_front = HttpFront(self.forwarder, on_request=self.observe_request, limits=assembly.limits(settings))
-        self.grpc_front = GrpcFront(self.forwarder, self.observe_request, lambda: self.health().ready)
+        self.grpc_front = GrpcFront(self.forwarder, self.observe_request, self.readiness)
         # --workers N > 1: N processes serve the HTTP front; this one keeps tokens, resolutions, gRPC and admin.
         self.authority: Authority | None = None
         self.workers: Workers | None = None
         if settings.workers > 1:
             self.authority = Authority(self.resolver, self.credentials)
-            self.workers = Workers(settings, self.authority)
+            self.workers = Workers(settings, self.authority, on_change=self.readiness.current)
         self.metrics.watch_in_flight("http", lambda: self.http_front.in_flight)
         self.metrics.watch_in_flight("grpc", lambda: self.grpc_front.in_flight)
         self._listeners: dict[str, Listener] = {}
@@ -149,7 +158,7 @@ class Sidecar:
         return self.oauth.client_credentials
 
     def endpoint_label(self, name: str) -> str:
-        """Metric label for an endpoint name: configured or resolved names only."""
+        """Metric label for an endpoint name: configured or resolved names only (remembered once known)."""
         return self.observe_request.endpoint_label(name)
 
     def _token_obtained(self, key: TokenKey, token: Token) -> None:
@@ -163,14 +172,17 @@ class Sidecar:
             self.authority.resolution_changed(old)
 
     def health(self) -> Health:
-        """Liveness, startup (ready at least once since start) and readiness, computed now."""
+        """Liveness, startup (ready at least once since start) and readiness, computed now (subscribers follow)."""
+        return self.readiness.current()
+
+    def _compute_health(self) -> Health:
         workspace = self.credentials.workspace
         error = workspace.last_error
         listening = bool(self._listeners) and not self._draining
         credential_ok = workspace.is_usable()
-        serving = self.workers is None or self.workers.problem() is None
+        workers_problem = None if self.workers is None else self.workers.problem()
         # Startup is latched: once ready, a later token outage makes the sidecar unready, never "not started".
-        if not self._was_ready and self._started and listening and credential_ok and serving:
+        if not self._was_ready and self._started and listening and credential_ok and workers_problem is None:
             self._was_ready = True
             log.info("ready: listeners up and a workspace token in hand")
         return Health(
@@ -179,7 +191,7 @@ class Sidecar:
             credential_ok=credential_ok,
             draining=self._draining,
             credential_error=None if error is None else f"{error.error}: {error.description}".rstrip(": "),
-            workers_problem=None if self.workers is None else self.workers.problem(),
+            workers_problem=workers_problem,
         )
 
     def port(self, name: str) -> int:
@@ -191,22 +203,17 @@ class Sidecar:
         gather = None if self.workers is None else self.workers.gather
         admin = build_admin_app(self.health, self.metrics, on_quit=self.on_quit, gather=gather)
         await self._listen(ADMIN, admin, self.settings.admin_listen)
-        if self.workers is None:
-            port = await self.http_front.start(self.settings.http_listen)
-            self._listeners["http"] = self.http_front
-            log.info("http listener on %s:%s", self.settings.http_listen.host, port)
-        else:
-            port = await self.workers.start(self.settings.http_listen)
-            self._listeners["http"] = self.workers
-            log.info(
-                "http listener on %s:%s, served by %d worker processes",
-                self.settings.http_listen.host,
-                port,
-                self.workers.count,
-            )
-        port = await self.grpc_front.start(self.settings.grpc_listen)
+        http: HttpFront | Workers = self.http_front if self.workers is None else self.workers
+        try:
+            await http.start(self.settings.http_listen)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"http-listen: cannot listen on {self.settings.http_listen}: {reason}") from None
+        self._listeners["http"] = http
+        await self.grpc_front.start(self.settings.grpc_listen)
         self._listeners["grpc"] = self.grpc_front
-        log.info("grpc listener on %s:%s", self.settings.grpc_listen.host, port)
+        # One line once all are bound: a port in use is then the only line a failed start writes.
+        log.info("listening: %s", ", ".join(f"{name} on {self._bound(name)}" for name in ("http", "grpc", ADMIN)))
         self.credentials.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._warm_configured()))
@@ -214,6 +221,16 @@ class Sidecar:
             watcher = watch_file(self.settings.client_secret_file, self.credentials.workspace.retry_now)
             self._tasks.append(loop.create_task(watcher))
         self._started = True
+        self.readiness.current()
+
+    def reload_credentials(self) -> None:
+        """SIGHUP: fetch a workspace token now, re-reading the secret (or token) file, and end every token
+        failure backoff. A failed fetch keeps the current token; nothing stops."""
+        source = self.settings.client_secret_file or self.settings.token_file
+        what = f"re-reading {source}" if source else "the client secret comes from the environment or a profile"
+        failing = self.credentials.reload()
+        retried = f"; {failing} failed token(s) retried at once" if failing else ""
+        log.info("SIGHUP: %s; fetching a new workspace token now%s", what, retried)
 
     async def _listen(self, name: str, app: web.Application, address: Address) -> None:
         # handler_cancellation: a caller that hangs up cancels its handler, which closes the upstream request.
@@ -222,10 +239,18 @@ class Sidecar:
         )
         await runner.setup()
         site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"{name}-listen: cannot listen on {address}: {reason}") from None
         port = int(runner.addresses[0][1]) if runner.addresses else address.port
         self._listeners[name] = _AiohttpListener(runner, address, port)
-        log.info("%s listener on %s:%s", name, address.host, port)
+
+    def _bound(self, name: str) -> Address:
+        configured: Address = getattr(self.settings, f"{name}_listen")
+        return Address(configured.host, self.port(name))
 
     async def _warm_configured(self) -> None:
         for name in self.settings.endpoints:
@@ -247,7 +272,7 @@ class Sidecar:
         if self._draining:
             return
         self._draining = True
-        self.metrics.ready.set(0)
+        self.readiness.current()
         for hook in self.on_drain:
             try:
                 hook()
@@ -279,6 +304,8 @@ class Sidecar:
         if admin is not None:
             await admin.stop(ADMIN_GRACE)
         self._listeners.clear()
+        self.readiness.current()
+        self.readiness.close()
         await self.credentials.close()
         self.upstream.close()
         await self.control.close()

@@ -18,8 +18,10 @@ from proxy.downstream.http import Limits
 from proxy.endpoints import Resolutions
 from proxy.forwarding import Forwarder, RequestRecord
 from proxy.metrics import UNRESOLVED, Metrics
-from proxy.retries import RetryPolicy
+from proxy.retries import RetryBudget, RetryPolicy
 from proxy.upstream.pool import Timeouts, Upstream
+
+MAX_LABELS = 1024  # endpoint names remembered as metric labels (the resolver caches as many)
 
 
 def timeouts(settings: Settings) -> Timeouts:
@@ -51,13 +53,19 @@ class RequestObserver:
         self._access_log = settings.access_log
         self._metrics = metrics
         self._resolutions = resolutions
+        self._labels: set[str] = set()
 
     def __repr__(self) -> str:
         return f"RequestObserver(configured={sorted(self._configured)}, access_log={self._access_log})"
 
     def endpoint_label(self, name: str) -> str:
-        """Metric label for an endpoint name: configured or resolved names only."""
+        """Metric label for an endpoint name: configured or resolved names only (remembered once known)."""
+        if name in self._labels:
+            return name
         if name in self._configured or self._resolutions.cached(name) is not None:
+            if len(self._labels) >= MAX_LABELS:
+                self._labels.clear()
+            self._labels.add(name)
             return name
         return UNRESOLVED
 
@@ -69,7 +77,7 @@ class RequestObserver:
                 logs.AccessRecord(
                     record.front,
                     record.method,
-                    record.path,
+                    logs.access_path(record.path),
                     label,
                     record.status,
                     record.seconds,
@@ -97,6 +105,7 @@ def forwarder(
             budget=settings.retry_budget,
             idempotent=frozenset(settings.idempotent_endpoints),
         ),
+        budget=RetryBudget(ratio=settings.retry_ratio, min_per_second=settings.min_retries_per_second),
         on_retry=lambda endpoint, reason: metrics.observe_retry(observer.endpoint_label(endpoint), reason),
         on_exchange=metrics.observe_exchange,
     )

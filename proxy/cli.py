@@ -3,6 +3,10 @@
 Exit codes: 0 success (including a graceful drain after SIGTERM/SIGINT or POST /quitquitquit), 1 a check
 failed (check) or the sidecar was not ready in time (wait), 2 bad configuration, input or usage (a busy
 listen address included), 128 + signal number when a second signal cut the drain short.
+
+A configuration or usage error is one line on stderr naming the option, with no traceback and nothing
+secret in it (a listen address already in use at start included). SIGHUP never stops `run`: it re-reads
+the client secret (or token) file by fetching a workspace token at once, and ends any token failure backoff.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from proxy import __version__, config, logs, manifests, readiness
+from proxy import __version__, config, logs, manifests, probe
 from proxy.app import Sidecar
 from proxy.emulator import cli as emulator_cli
 from proxy.errors import ConfigError, InjectError, SidecarError
@@ -32,6 +36,14 @@ from proxy.inject import AUTH_MODES, InjectOptions, inject
 from proxy.injector import Injector
 
 log = logging.getLogger("serving_sidecar")
+CONFIG_ERROR_LIMIT = 500  # characters of a configuration error message
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line and exit 2, like configuration errors (argparse prints the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: usage error: {_one_line(message)} (see --help)\n")
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,13 +58,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="append", metavar="NAME", help=help_text)
         elif opt.kind == "choice":
             parser.add_argument(flag, choices=opt.choices, help=help_text)
-        else:
-            kinds: dict[str, type] = {"int": int, "float": float, "str": str}
-            parser.add_argument(flag, type=kinds[opt.kind], metavar=opt.key.upper(), help=help_text)
+        else:  # numbers arrive as text and are parsed by config, whose errors name the flag
+            parser.add_argument(flag, metavar=opt.key.upper(), help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="serving-sidecar",
         description="Local gateway to Databricks route-optimized model serving.",
     )
@@ -137,13 +148,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("inject", "injector", "wait"):
         return {"inject": _inject, "injector": _injector, "wait": _wait}[args.command](args)
     try:
-        if args.command == "demo":
-            return run_on_loop(_demo(args), "uvloop")
-        settings = config.load(vars(args))
+        return _command(args)
     except ConfigError as error:
-        print(f"serving-sidecar: configuration error: {error}", file=sys.stderr)
+        print(f"serving-sidecar: configuration error: {_config_message(error)}", file=sys.stderr)
         return 2
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        return run_on_loop(_demo(args), "uvloop")
+    settings = config.load(vars(args))
     logs.configure(fmt=settings.log_format, level=settings.log_level, secrets=_known_secrets(settings))
+    if settings.insecure_host:
+        log.warning(
+            "the workspace %s is plain http:// (--allow-insecure-loopback-host): the client secret and every "
+            "token travel unencrypted; for local experiments only",
+            settings.host,
+        )
     if args.command == "check":
         return run_on_loop(_check(settings), settings.event_loop)
     return run_on_loop(_serve(Sidecar(settings)), settings.event_loop)
@@ -160,11 +181,21 @@ def run_on_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
         return runner.run(main)
 
 
+def _config_message(error: ConfigError) -> str:
+    """One line, bounded, redacted: a message may quote a value, and values can be anything."""
+    redact = logs.Redactor([os.environ.get("DATABRICKS_CLIENT_SECRET")])
+    return logs.untrusted_text(str(error), limit=CONFIG_ERROR_LIMIT, redact=redact)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _known_secrets(settings: config.Settings) -> list[str]:
     """Secret values to redact from logs by value (tokens are caught by shape)."""
     secrets = [settings.client_secret] if settings.client_secret else []
     if settings.client_secret_file is not None:
-        with contextlib.suppress(OSError):  # an unreadable file is reported when a token is fetched
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # reported when a token is fetched
             secrets.append(settings.client_secret_file.read_text().strip())
     return secrets
 
@@ -173,9 +204,16 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 async def _serve(sidecar: Sidecar, banner: str = "") -> int:
-    """Serve until SIGTERM/SIGINT or POST /quitquitquit, then drain and return 0; a second signal exits at once."""
+    """Serve until SIGTERM/SIGINT or POST /quitquitquit, then drain and return 0; a second signal exits at
+    once; SIGHUP reloads. A listener that cannot bind is a ConfigError, raised after whatever was started
+    is stopped.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_hangup() -> None:
+        logs.add_secrets(_known_secrets(sidecar.settings))  # a rotated secret is redacted by value too
+        sidecar.reload_credentials()
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
@@ -193,14 +231,19 @@ async def _serve(sidecar: Sidecar, banner: str = "") -> int:
     sidecar.on_quit.append(on_quit)
     for sig in SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
-        await sidecar.start()
+        try:
+            await sidecar.start()
+        except ConfigError:
+            await sidecar.stop(grace=0)
+            raise
         if banner:
             print(banner, flush=True)
         await stop.wait()
         await sidecar.drain()
     finally:
-        for sig in SIGNALS:
+        for sig in (*SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     return 0
 
@@ -266,8 +309,8 @@ def _wait(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"serving-sidecar wait: configuration error: {error}", file=sys.stderr)
         return 2
-    outcome = asyncio.run(readiness.wait_ready(admin, max(0.0, args.timeout)))
-    url = readiness.readyz_url(admin)
+    outcome = asyncio.run(probe.wait_ready(admin, max(0.0, args.timeout)))
+    url = probe.readyz_url(admin)
     if outcome.ready:
         print(f"serving-sidecar wait: ready ({url})", file=sys.stderr)
         return 0
@@ -350,7 +393,10 @@ def _host(url: str) -> str:
 def _expiry(expires_at: float | None) -> str:
     if expires_at is None:
         return "-"
-    when = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        when = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # beyond year 9999: oauth clamps lifetimes, this is a backstop
+        when = "far future"
     seconds = expires_at - datetime.now(UTC).timestamp()
     return f"{when} (in {seconds:.0f} s)"
 

@@ -3,14 +3,26 @@
 This is the only module that reads `os.environ`. Precedence for every option: command-line flag, then
 the environment variable, then the `--config` YAML file, then the default. Workspace credentials use the
 Databricks unified-auth names (`DATABRICKS_HOST`, `DATABRICKS_CLIENT_ID`, `DATABRICKS_CLIENT_SECRET`,
-`DATABRICKS_CONFIG_PROFILE`). Every error names the key at fault.
+`DATABRICKS_CONFIG_PROFILE`).
+
+Rules:
+1. Every error is a `ConfigError` naming the option (the flag, variable or file key it came from) and
+   never quoting a secret or a file's contents: it is printed as one line and the exit code is 2.
+2. Numbers are what they say: an integer option takes integers only (`1.9` and `true` are errors, not 1);
+   a float option takes finite numbers from zero to MAX_NUMBER (`nan`, `inf` and `-1` are errors).
+3. The workspace URL is `https://`. Plain `http://` is accepted only for a loopback host and only with
+   `--allow-insecure-loopback-host` (local experiments): the client secret travels in every token request.
+4. Files are checked once here, so a bad one is a configuration error at start, not a traceback later:
+   the CA bundle must be PEM certificates, the secret and token files readable UTF-8 text.
 """
 
 from __future__ import annotations
 
 import configparser
 import ipaddress
+import math
 import os
+import ssl
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +32,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy import routing
 from proxy.cpus import usable_cpus
 from proxy.errors import ConfigError
 
@@ -27,6 +40,8 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 ENV_PREFIX = "SERVING_SIDECAR_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_NUMBER = 30 * 24 * 3600.0  # the largest value of a numeric option (30 days in seconds): timers overflow past it
+_SHOWN = 80  # characters of a bad value quoted in an error
 MAX_WORKERS = 64
 
 
@@ -69,7 +84,14 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("host", "str", None, "Databricks workspace URL", env="DATABRICKS_HOST"),
+    Option("host", "str", None, "Databricks workspace URL (https://)", env="DATABRICKS_HOST"),
+    Option(
+        "allow-insecure-loopback-host",
+        "bool",
+        False,
+        "for local experiments only: accept an http:// workspace URL on a loopback host "
+        "(the client secret and tokens then travel unencrypted); logs a warning",
+    ),
     Option("client-id", "str", None, "service principal application id (OAuth M2M)", env="DATABRICKS_CLIENT_ID"),
     Option(
         "client-secret-file",
@@ -98,6 +120,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("ca-bundle", "str", None, "PEM file of extra CAs trusted for the workspace and data plane"),
     Option("endpoint", "list", (), "endpoint resolved and warmed at start (repeatable)"),
+    Option(
+        "only-configured-endpoints",
+        "bool",
+        False,
+        "answer 404 for every endpoint name not given with --endpoint, without a workspace lookup "
+        "(the hardened setting for shared hosts)",
+    ),
     Option("pool-size", "int", 256, "max connections per upstream host"),
     Option("warm-connections", "int", 2, "connections opened per upstream host when an endpoint resolves"),
     Option("connect-timeout", "float", 10.0, "seconds for TCP + TLS handshake to an upstream"),
@@ -105,8 +134,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("stream-idle-timeout", "float", 300.0, "seconds allowed between two chunks of a streamed answer"),
     Option("idle-connection-timeout", "float", 30.0, "close pooled connections idle this long (seconds)"),
     Option("metadata-ttl", "float", 300.0, "seconds an endpoint resolution is cached"),
-    Option("retry-attempts", "int", 3, "most sends of one request on 429/503/connect failures (first included)"),
+    Option("retry-attempts", "int", 5, "most sends of one request on 429/503/connect failures (first included)"),
     Option("retry-budget", "float", 10.0, "most seconds one request spends waiting between retries"),
+    Option(
+        "retry-ratio",
+        "float",
+        0.2,
+        "retry budget shared by all requests: retries may add at most this fraction to the requests of the last 10 s",
+    ),
+    Option(
+        "min-retries-per-second",
+        "float",
+        5.0,
+        "retry budget floor: this many retries a second are allowed whatever --retry-ratio says (low traffic)",
+    ),
     Option(
         "idempotent-endpoint",
         "list",
@@ -189,8 +230,11 @@ class Settings:
     stream_idle_timeout: float
     idle_connection_timeout: float
     metadata_ttl: float
-    retry_attempts: int = 3
+    retry_attempts: int = 5
     retry_budget: float = 10.0
+    retry_ratio: float = 0.2
+    min_retries_per_second: float = 5.0
+    only_configured_endpoints: bool = False
     idempotent_endpoints: tuple[str, ...] = ()
     max_in_flight: int = 1024
     max_in_flight_per_endpoint: int = 512
@@ -209,6 +253,7 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     access_log: bool = False
+    allow_insecure_loopback_host: bool = False
 
     def __repr__(self) -> str:
         secret = "set" if self.client_secret else "unset"
@@ -217,6 +262,11 @@ class Settings:
     @property
     def token_url(self) -> str:
         return self.host + "/oidc/v1/token"
+
+    @property
+    def insecure_host(self) -> bool:
+        """True when the workspace is reached over plain HTTP (allowed on loopback for experiments only)."""
+        return self.host.startswith("http://")
 
 
 def load(
@@ -251,7 +301,7 @@ def parse_address(value: str, key: str) -> Address:
 def _pick(opt: Option, flags: Mapping[str, Any], env: Mapping[str, str], file_values: Mapping[str, Any]) -> Any:
     flag = flags.get(opt.key)
     if flag is not None and flag != [] and flag is not False:
-        return flag
+        return _parse(opt, flag, f"--{opt.name}")
     if opt.env_name in env:
         return _parse(opt, env[opt.env_name], opt.env_name)
     if opt.key in file_values:
@@ -259,22 +309,77 @@ def _pick(opt: Option, flags: Mapping[str, Any], env: Mapping[str, str], file_va
     return opt.default
 
 
+_EXPECTED = {
+    "str": "a string",
+    "choice": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "list": "a list of names",
+}
+
+
 def _parse(opt: Option, value: Any, where: str) -> Any:
+    """`value` as the option's kind (rule 2), or ConfigError naming `where` (a flag, variable or file key)."""
     parsers: dict[str, Callable[[Any], Any]] = {
-        "str": str,
-        "choice": str,
-        "int": int,
-        "float": float,
+        "str": _parse_str,
+        "choice": _parse_str,
+        "int": _parse_int,
+        "float": _parse_float,
         "bool": _parse_bool,
         "list": _parse_list,
     }
     try:
         parsed = parsers[opt.kind](value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: expected {opt.kind}, got {value!r}") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"{where}: expected {_EXPECTED[opt.kind]}, got {_shown(value)}") from exc
     if opt.choices and parsed not in opt.choices:
-        raise ConfigError(f"{where}: must be one of {', '.join(opt.choices)}, got {parsed!r}")
+        raise ConfigError(f"{where}: must be one of {', '.join(opt.choices)}, got {_shown(parsed)}")
+    if opt.kind in ("int", "float"):
+        _check_range(parsed, where, upper=MAX_NUMBER if opt.kind == "float" else None)
     return parsed
+
+
+def _check_range(value: float, where: str, *, upper: float | None) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
+    if value < 0:
+        raise ConfigError(f"{where}: must be zero or more, got {value}")
+    if upper is not None and value > upper:
+        raise ConfigError(f"{where}: must be at most {upper:.0f}, got {value:g}")
+
+
+def _shown(value: Any) -> str:
+    """A bad value as quoted in an error: its repr, cut short (a value can be a whole file)."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _parse_str(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise TypeError(value)
+    return str(value)
+
+
+def _parse_int(value: Any) -> int:
+    """Integers only: `1.9`, `2.0` and `true` are refused rather than truncated or read as 1."""
+    if isinstance(value, bool | float):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return int(value.strip())
+    raise TypeError(value)
+
+
+def _parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return float(value.strip())
+    raise TypeError(value)
 
 
 def _parse_bool(value: Any) -> bool:
@@ -292,17 +397,20 @@ def _parse_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
     if isinstance(value, list | tuple):
-        return tuple(str(item) for item in value)
+        return tuple(_parse_str(item) for item in value)
     raise ValueError(value)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    text = _read_text(path, "config")
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from exc
+        # Only the problem and its position: the usual message quotes the file's lines, which may hold a secret.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"config: {path} is not valid YAML: {problem}{where}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -327,28 +435,43 @@ def _read_profile(name: str | None, home: Path) -> Mapping[str, str]:
         return {}
     path = home / ".databrickscfg"
     parser = configparser.ConfigParser(interpolation=None)
+    text = _read_text(path, "profile")
     try:
-        parser.read_string(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"profile: cannot read {path}: {exc.strerror}") from exc
+        parser.read_string(text)
     except configparser.Error as exc:
-        raise ConfigError(f"profile: {path} is malformed: {exc.message}") from exc
+        # Not exc.message: it quotes the offending line, and a profile holds a client secret.
+        line = getattr(exc, "lineno", None)
+        where = f" (line {line})" if line else ""
+        raise ConfigError(f"profile: {path} is malformed: {type(exc).__name__}{where}") from None
     if name not in parser:
         raise ConfigError(f"profile: no profile [{name}] in {path}")
     return dict(parser[name])
 
 
+def _read_text(path: Path, key: str) -> str:
+    """A file's text, or ConfigError naming `key` (never quoting the contents)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
+
+
 def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str, str]) -> Settings:
-    host = _normalize_host(raw["host"] or profile.get("host"))
+    insecure_ok = raw["allow_insecure_loopback_host"]
+    host = _normalize_host(raw["host"] or profile.get("host"), allow_insecure_loopback=insecure_ok)
     client_id = _client_id(raw, env, profile)
     secret = env.get("DATABRICKS_CLIENT_SECRET") or profile.get("client_secret")
-    secret_file = _existing_file(raw["client_secret_file"], "client-secret-file")
-    token_file = _existing_file(raw["token_file"], "token-file")
+    secret_file = _text_file(raw["client_secret_file"], "client-secret-file")
+    token_file = _text_file(raw["token_file"], "token-file")
     auth = raw["auth"]
     if auth == "oauth-m2m" and not (secret or secret_file):
         raise ConfigError("client secret: set DATABRICKS_CLIENT_SECRET or --client-secret-file for --auth oauth-m2m")
     if auth == "workload-identity" and token_file is None:
         raise ConfigError("token-file: --auth workload-identity needs the projected service-account token file")
+    if raw["only_configured_endpoints"] and not raw["endpoint"]:
+        raise ConfigError("only-configured-endpoints: name the endpoints to serve with --endpoint")
     listens = _listen_addresses(raw)
     return Settings(
         host=host,
@@ -362,22 +485,25 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         grpc_listen=listens["grpc_listen"],
         admin_listen=listens["admin_listen"],
         allow_remote_clients=raw["allow_remote_clients"],
-        ca_bundle=_existing_file(raw["ca_bundle"], "ca-bundle"),
-        endpoints=tuple(raw["endpoint"]),
+        ca_bundle=_ca_bundle(raw["ca_bundle"]),
+        endpoints=_names(raw["endpoint"], "endpoint"),
         pool_size=_positive(raw["pool_size"], "pool-size"),
-        warm_connections=max(0, int(raw["warm_connections"])),
+        warm_connections=raw["warm_connections"],
         connect_timeout=_positive(raw["connect_timeout"], "connect-timeout"),
         first_byte_timeout=_positive(raw["first_byte_timeout"], "first-byte-timeout"),
         stream_idle_timeout=_positive(raw["stream_idle_timeout"], "stream-idle-timeout"),
         idle_connection_timeout=_positive(raw["idle_connection_timeout"], "idle-connection-timeout"),
         metadata_ttl=_positive(raw["metadata_ttl"], "metadata-ttl"),
         retry_attempts=_positive(raw["retry_attempts"], "retry-attempts"),
-        retry_budget=max(0.0, float(raw["retry_budget"])),
-        idempotent_endpoints=tuple(raw["idempotent_endpoint"]),
+        retry_budget=raw["retry_budget"],
+        retry_ratio=raw["retry_ratio"],
+        min_retries_per_second=raw["min_retries_per_second"],
+        only_configured_endpoints=raw["only_configured_endpoints"],
+        idempotent_endpoints=_names(raw["idempotent_endpoint"], "idempotent-endpoint"),
         max_in_flight=_positive(raw["max_in_flight"], "max-in-flight"),
         max_in_flight_per_endpoint=_positive(raw["max_in_flight_per_endpoint"], "max-in-flight-per-endpoint"),
-        drain_delay=_not_negative(raw["drain_delay"], "drain-delay"),
-        drain_timeout=_not_negative(raw["drain_timeout"], "drain-timeout"),
+        drain_delay=raw["drain_delay"],
+        drain_timeout=raw["drain_timeout"],
         header_timeout=_positive(raw["header_timeout"], "header-timeout"),
         body_timeout=_positive(raw["body_timeout"], "body-timeout"),
         write_timeout=_positive(raw["write_timeout"], "write-timeout"),
@@ -391,6 +517,7 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         log_format=raw["log_format"],
         log_level=raw["log_level"],
         access_log=raw["access_log"],
+        allow_insecure_loopback_host=insecure_ok,
     )
 
 
@@ -434,21 +561,38 @@ def _listen_addresses(raw: Mapping[str, Any]) -> dict[str, Address]:
     return listens
 
 
-def _normalize_host(value: str | None) -> str:
+def _normalize_host(value: str | None, *, allow_insecure_loopback: bool = False) -> str:
     if not value:
         raise ConfigError("host: set DATABRICKS_HOST (the workspace URL, e.g. https://my.cloud.databricks.com)")
     text = value if "://" in value else "https://" + value
     parts = urlsplit(text)
-    if parts.scheme not in {"https", "http"} or not parts.hostname:
-        raise ConfigError(f"host: {value!r} is not a workspace URL")
+    if parts.scheme.lower() not in {"https", "http"} or not parts.hostname:
+        raise ConfigError(f"host: {_shown(value)} is not a workspace URL")
     try:
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"host: {value!r} has an invalid port") from exc
+        raise ConfigError(f"host: {_shown(value)} has an invalid port") from exc
+    if parts.scheme.lower() == "http":
+        _check_insecure_host(parts.hostname, allow_insecure_loopback)
     netloc = parts.hostname if port is None else f"{parts.hostname}:{port}"
     if ":" in parts.hostname:
         netloc = f"[{parts.hostname}]" + ("" if port is None else f":{port}")
-    return f"{parts.scheme}://{netloc}"
+    return f"{parts.scheme.lower()}://{netloc}"
+
+
+def _check_insecure_host(hostname: str, allowed: bool) -> None:
+    """Rule 3: plain HTTP would send `Basic base64(client_id:secret)` and every bearer token in clear text."""
+    if not allowed:
+        raise ConfigError(
+            "host: the workspace URL must be https:// (over plain http:// the client secret and tokens travel "
+            "in clear text); --allow-insecure-loopback-host accepts http:// on a loopback host, for local "
+            "experiments only"
+        )
+    if not Address(hostname, 0).is_loopback:
+        raise ConfigError(
+            f"host: --allow-insecure-loopback-host accepts http:// only for a loopback host, not {hostname!r}; "
+            "use https://"
+        )
 
 
 def _address(value: str, key: str) -> Address:
@@ -469,13 +613,37 @@ def _existing_file(value: str | None, key: str) -> Path | None:
     return path
 
 
+def _text_file(value: str | None, key: str) -> Path | None:
+    """A file that is read again later (secret, token): readable, UTF-8, not empty now. Its text is not kept."""
+    path = _existing_file(value, key)
+    if path is not None and not _read_text(path, key).strip():
+        raise ConfigError(f"{key}: {path} is empty")
+    return path
+
+
+def _ca_bundle(value: str | None) -> Path | None:
+    path = _existing_file(value, "ca-bundle")
+    if path is None:
+        return None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+    except OSError as exc:  # ssl.SSLError included
+        reason = exc.strerror if not isinstance(exc, ssl.SSLError) else "not a PEM file of CA certificates"
+        raise ConfigError(f"ca-bundle: {path}: {reason or 'cannot be read'}") from None
+    return path
+
+
+def _names(values: tuple[str, ...], key: str) -> tuple[str, ...]:
+    """Endpoint names as the routes accept them: anything else could steer a workspace lookup elsewhere."""
+    for name in values:
+        if not routing.is_valid_name(name):
+            raise ConfigError(
+                f"{key}: {_shown(name)} is not an endpoint name (letters, digits, - and _, at most 64 characters)"
+            )
+    return tuple(values)
+
+
 def _positive(value: Any, key: str) -> Any:
     if value <= 0:
         raise ConfigError(f"{key}: must be greater than zero, got {value}")
-    return value
-
-
-def _not_negative(value: Any, key: str) -> Any:
-    if value < 0:
-        raise ConfigError(f"{key}: must be zero or more, got {value}")
     return value

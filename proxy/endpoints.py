@@ -5,9 +5,16 @@ Rules:
 2. A resolution older than `ttl` is still served while a background lookup refreshes it (refresh
    ahead), so no request waits on the workspace API for a known name, and a workspace outage does not
    stop data-plane traffic. A failed refresh is tried again after `RETRY_AFTER_FAILURE` seconds.
-3. Unknown names are cached for `NEGATIVE_TTL`, so a caller looping on a typo does not flood the API.
+3. A failed lookup of a name with no known resolution is remembered: unknown names (404) for
+   `NEGATIVE_TTL`, other failures (429, 5xx, refusals, malformed answers) for `FAILURE_TTL`, so a caller
+   looping on a name does not flood the API. Only "no workspace token yet" is not remembered.
 4. `recheck` (after a data-plane 403/404) looks the name up now, rate-limited per name, to find a
    recreated endpoint; `on_change(old)` runs whenever a name's resolution changes or disappears.
+5. Metadata is untrusted input: it must have the documented shape, a route-optimized endpoint's URL must
+   be https and come with its authorization details, or the answer is refused (`BadMetadata`, 502).
+6. Names that are not valid endpoint names are never looked up. With `only_configured`, neither is any
+   name outside `configured`. Lookups of other names without a known resolution are rate-limited
+   (`new_names`, a token bucket; configured names are exempt): beyond it they get `LookupsThrottled` (429).
 `parse_resolution` is pure.
 """
 
@@ -15,20 +22,36 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 from multidict import CIMultiDict
 
-from proxy.errors import EndpointNotFound, SidecarError, UpstreamUnreachable, WorkspaceRefused
+from proxy import routing
+from proxy.errors import (
+    BadMetadata,
+    EndpointNotFound,
+    LookupsThrottled,
+    NoCredential,
+    SidecarError,
+    UpstreamUnreachable,
+    WorkspaceRefused,
+)
+from proxy.logs import untrusted_text
+from proxy.ratelimit import TokenBucket
 
 NEGATIVE_TTL = 10.0
+FAILURE_TTL = 5.0
 RETRY_AFTER_FAILURE = 10.0
 RECHECK_INTERVAL = 5.0  # at most one re-resolution per name this often, however many 403/404 come
 MAX_CACHED = 1024
+NEW_NAME_LOOKUPS_PER_SECOND = 10.0
+NEW_NAME_LOOKUPS_BURST = 20
 
 
 @dataclass(frozen=True)
@@ -41,20 +64,50 @@ class Resolution:
     ready: str = "READY"
 
 
-def parse_resolution(name: str, doc: Mapping[str, Any], workspace_url: str) -> Resolution:
-    """Resolution from an endpoint's metadata document; plain endpoints use the workspace path."""
-    endpoint_id = str(doc.get("id") or "")
-    ready = str((doc.get("state") or {}).get("ready") or "")
-    query_info = (doc.get("data_plane_info") or {}).get("query_info") or {}
-    if doc.get("route_optimized") and query_info.get("endpoint_url"):
-        return Resolution(
-            name=name,
-            endpoint_id=endpoint_id,
-            url=str(query_info["endpoint_url"]),
-            authorization_details=str(query_info.get("authorization_details") or "") or None,
-            route_optimized=True,
-            ready=ready,
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "true or false"}
+
+
+def _field(doc: Mapping[str, Any], key: str, kind: type, name: str, where: str = "") -> Any:
+    """`doc[key]` when it is absent, null or of `kind`; BadMetadata naming the field otherwise."""
+    value = doc.get(key)
+    if value is None or isinstance(value, kind):
+        return value
+    raise BadMetadata(
+        f"workspace metadata for endpoint '{name}' is malformed: {where}{key} must be {_JSON_TYPES[kind]}, "
+        f"got {_JSON_TYPES.get(type(value), 'a number')}"
+    )
+
+
+def check_data_plane_url(name: str, url: str) -> str:
+    """`url` if a data-plane token may be sent to it: https, a host, no user info. BadMetadata otherwise."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.hostname or ''}"
+    if parts.scheme != "https" or not parts.hostname or parts.username is not None or parts.password is not None:
+        raise BadMetadata(
+            f"endpoint '{name}' refused: its data-plane URL ({origin}) is not an https URL of a host; "
+            "tokens travel only over TLS"
         )
+    return url
+
+
+def parse_resolution(name: str, doc: Mapping[str, Any], workspace_url: str) -> Resolution:
+    """Resolution from an endpoint's metadata document; plain endpoints use the workspace path (rule 5)."""
+    endpoint_id = _field(doc, "id", str, name) or ""
+    ready = _field(_field(doc, "state", dict, name) or {}, "ready", str, name, "state.") or ""
+    route_optimized = _field(doc, "route_optimized", bool, name) or False
+    top_url = _field(doc, "endpoint_url", str, name)
+    data_plane_info = _field(doc, "data_plane_info", dict, name) or {}
+    query_info = _field(data_plane_info, "query_info", dict, name, "data_plane_info.") or {}
+    where = "data_plane_info.query_info."
+    url = _field(query_info, "endpoint_url", str, name, where) or top_url
+    details = _field(query_info, "authorization_details", str, name, where) or None
+    if route_optimized and url:
+        if details is None:
+            raise BadMetadata(
+                f"route-optimized endpoint '{name}' refused: its metadata has an endpoint_url but no "
+                "authorization_details, and the workspace token is never sent to a data-plane host"
+            )
+        return Resolution(name, endpoint_id, check_data_plane_url(name, url), details, True, ready)
     return Resolution(
         name=name,
         endpoint_id=endpoint_id,
@@ -90,6 +143,12 @@ class _Entry:
     fresh_until: float
 
 
+@dataclass(frozen=True)
+class _Failure:
+    error: SidecarError
+    until: float
+
+
 class Resolver:
     def __init__(
         self,
@@ -100,20 +159,26 @@ class Resolver:
         clock: Callable[[], float] = time.monotonic,
         on_resolve: Callable[[str], None] | None = None,
         on_change: Callable[[Resolution], Awaitable[None]] | None = None,
+        configured: frozenset[str] = frozenset(),
+        only_configured: bool = False,
+        new_names: TokenBucket | None = None,
     ) -> None:
         self._fetch = fetch
         self._workspace_url = workspace_url
         self._ttl = ttl
         self._found: LRUCache[str, _Entry] = LRUCache(MAX_CACHED)
-        self._missing: TTLCache[str, EndpointNotFound] = TTLCache(MAX_CACHED, NEGATIVE_TTL, timer=clock)
+        self._failed: LRUCache[str, _Failure] = LRUCache(MAX_CACHED)
         self._inflight: dict[str, asyncio.Task[Resolution]] = {}
         self._rechecked: dict[str, float] = {}
         self._clock = clock
         self._on_resolve = on_resolve or (lambda _result: None)
         self._on_change = on_change
+        self._configured = configured
+        self._only_configured = only_configured
+        self._new_names = new_names or TokenBucket(NEW_NAME_LOOKUPS_PER_SECOND, NEW_NAME_LOOKUPS_BURST, clock=clock)
 
     def __repr__(self) -> str:
-        return f"Resolver(cached={sorted(self._found)}, missing={sorted(self._missing)})"
+        return f"Resolver(cached={sorted(self._found)}, failed={sorted(self._failed)}, new_names={self._new_names!r})"
 
     def cached(self, name: str) -> Resolution | None:
         entry = self._found.get(name)
@@ -134,10 +199,30 @@ class Resolver:
             if self._clock() >= entry.fresh_until and name not in self._inflight:
                 self._lookup_task(name)  # refresh ahead; this caller keeps the known resolution (rule 2)
             return entry.resolution
-        missing = self._missing.get(name)
-        if missing is not None:
-            raise missing
+        failure = self._failed.get(name)
+        if failure is not None and self._clock() < failure.until:
+            raise failure.error.with_traceback(None)  # rule 3 (a fresh traceback: it is raised again and again)
+        if name not in self._inflight:
+            self._admit_lookup(name)
         return await asyncio.shield(self._lookup_task(name))
+
+    def _admit_lookup(self, name: str) -> None:
+        """Raise unless a workspace lookup of `name`, which has no known resolution, may start (rule 6)."""
+        if not routing.is_valid_name(name):
+            raise EndpointNotFound(f"'{name}' is not a serving endpoint name (letters, digits, - and _)")
+        if name in self._configured:
+            return
+        if self._only_configured:
+            raise EndpointNotFound(
+                f"serving endpoint '{name}' is not configured: this sidecar serves only its --endpoint names "
+                "(--only-configured-endpoints)"
+            )
+        if not self._new_names.take():
+            raise LookupsThrottled(
+                f"too many lookups of endpoint names not seen before (at most {self._new_names.rate:g} a second); "
+                "retry later, or configure the endpoint with --endpoint",
+                retry_after=max(1, math.ceil(self._new_names.wait())),
+            )
 
     async def recheck(self, stale: Resolution) -> Resolution | None:
         """A newer resolution than `stale` (the endpoint was recreated), or None if there is none.
@@ -182,21 +267,30 @@ class Resolver:
     async def _lookup(self, name: str) -> Resolution:
         try:
             resolution = await self._read(name)
-        except EndpointNotFound:
+        except EndpointNotFound as error:
+            self._remember_failure(name, error, NEGATIVE_TTL)
             old = self._found.pop(name, None)
             if old is not None:
                 await self._changed(old.resolution)
             raise
-        except Exception:
+        except Exception as error:
             entry = self._found.get(name)
             if entry is not None:
                 entry.fresh_until = self._clock() + RETRY_AFTER_FAILURE
+            elif isinstance(error, SidecarError) and not isinstance(error, NoCredential):
+                self._remember_failure(name, error, FAILURE_TTL)
             raise
+        self._failed.pop(name, None)
         old = self._found.get(name)
         self._found[name] = _Entry(resolution, self._clock() + self._ttl)
         if old is not None and old.resolution != resolution:
             await self._changed(old.resolution)
         return resolution
+
+    def _remember_failure(self, name: str, error: SidecarError, ttl: float) -> None:
+        if error.retry_after is None and not isinstance(error, EndpointNotFound):
+            error.retry_after = math.ceil(ttl)  # the same answer comes back until then
+        self._failed[name] = _Failure(error, self._clock() + ttl)
 
     async def _changed(self, old: Resolution) -> None:
         if self._on_change is not None:
@@ -210,18 +304,27 @@ class Resolver:
             raise
         if status == 404:
             self._on_resolve("not_found")
-            error = EndpointNotFound(f"serving endpoint '{name}' does not exist in this workspace")
-            self._missing[name] = error
-            raise error
+            raise EndpointNotFound(f"serving endpoint '{name}' does not exist in this workspace")
         try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
-        if status != 200 or not isinstance(doc, dict):
+            resolution = parse_resolution(name, _metadata_document(name, status, body), self._workspace_url)
+        except SidecarError:
             self._on_resolve("error")
-            raise UpstreamUnreachable(f"workspace API answered HTTP {status} for endpoint '{name}'")
+            raise
         self._on_resolve("success")
-        return parse_resolution(name, doc, self._workspace_url)
+        return resolution
+
+
+def _metadata_document(name: str, status: int, body: bytes) -> Mapping[str, Any]:
+    """The JSON object of a metadata answer; UpstreamUnreachable for a failure, BadMetadata for non-JSON."""
+    if status != 200:
+        raise UpstreamUnreachable(f"workspace API answered HTTP {status} for endpoint '{name}'")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise BadMetadata(f"workspace metadata for endpoint '{name}' is not a JSON object")
+    return doc
 
 
 class TokenSource(Protocol):
@@ -243,7 +346,7 @@ def metadata_fetcher(http: HttpFetch, token: TokenSource, workspace_url: str) ->
     """
 
     async def fetch(name: str) -> tuple[int, bytes]:
-        url = f"{workspace_url}/api/2.0/serving-endpoints/{name}"
+        url = f"{workspace_url}/api/2.0/serving-endpoints/{quote(name, safe='')}"
         for attempt in range(2):
             access_token = await token.get()
             headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
@@ -266,5 +369,6 @@ def _error_fields(body: bytes) -> tuple[str, str]:
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
-        return "PERMISSION_DENIED", body[:200].decode(errors="replace")
-    return str(doc.get("error_code") or "PERMISSION_DENIED"), str(doc.get("message") or "")
+        return "PERMISSION_DENIED", untrusted_text(body[:1000].decode(errors="replace"))
+    code, message = doc.get("error_code") or "PERMISSION_DENIED", doc.get("message") or ""
+    return untrusted_text(str(code), limit=64), untrusted_text(str(message))  # cut and redacted: shown to callers

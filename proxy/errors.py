@@ -99,6 +99,12 @@ class ConnectFailed(UpstreamUnreachable):
     """No connection could be made: nothing was sent, so a retry cannot duplicate inference."""
 
 
+class BadMetadata(UpstreamUnreachable):
+    """The workspace's answer about an endpoint is malformed, or unsafe to act on (a data-plane URL that is
+    not https, a route-optimized URL without authorization details, a token that would go to another host):
+    refused, and no token is sent anywhere."""
+
+
 class Overloaded(SidecarError):
     """Too many requests in flight (globally or for one endpoint): shed at once instead of queueing."""
 
@@ -108,6 +114,14 @@ class Overloaded(SidecarError):
     @property
     def grpc_code(self) -> str:
         return "RESOURCE_EXHAUSTED"
+
+
+class LookupsThrottled(SidecarError):
+    """Too many workspace lookups of names the sidecar does not know: refused at once, with Retry-After, so
+    a caller cycling through names cannot turn the sidecar into an amplifier against the workspace API."""
+
+    status = 429
+    error_code = "REQUEST_LIMIT_EXCEEDED"
 
 
 class NoCredential(SidecarError):

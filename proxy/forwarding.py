@@ -14,12 +14,15 @@ Rules:
    idempotent endpoints) is held, up to HOLD_LIMIT bytes, until it is complete; then `_recover` decides:
    401 mints a new token once, 403/404 re-resolves once (a recreated endpoint), the others follow
    `retries`. An answer that is not retried is relayed as it came.
-5. A failed connect sent nothing and follows `retries`. A connection that fails after the request was
+5. A failed connect sent nothing and follows `retries`. Every retry under `retries` also needs the shared
+   `retries.RetryBudget`, so a sustained throttle is not multiplied. A connection that fails after the request was
    written is never re-sent (the model may have run), except a timeout on an idempotent endpoint.
    (Idle connections are checked alive before a request is written: see `upstream.connection`.)
 6. Nothing is retried once the answer's head went to the front.
 7. Observers get frozen details only: one `UpstreamExchange` per answer relayed (or abandoned), and
    `(endpoint, reason)` per retry.
+8. Error answers carry advice for the caller's own retries (`retries.client_retry_headers`):
+   `x-should-retry: false` when the sidecar already retried, its budget refused, or the model may have run.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from multidict import CIMultiDict
 
@@ -42,7 +45,8 @@ from proxy.config import MAX_BODY_BYTES
 from proxy.credentials.cache import TokenSources
 from proxy.endpoints import Resolution, Resolutions, TokenSource
 from proxy.errors import BodyTooLarge, ConnectFailed, SidecarError, UpstreamTimeout
-from proxy.transport import Connection, Head, Sink, Transport
+from proxy.routing import invocation_url
+from proxy.transport import Advice, Connection, Head, Sink, Transport
 
 log = logging.getLogger("serving_sidecar")
 
@@ -64,6 +68,7 @@ NOT_FORWARDED = HOP_BY_HOP | {b"host", b"authorization", b"content-length", b"ex
 HOLD_LIMIT = 64 * 1024  # bytes of an answer held while deciding whether to retry it (rule 4)
 REPLY_HIGH_WATER = 1 << 20  # bytes buffered for a coroutine reader before the upstream is paused
 REPLY_LOW_WATER = 256 * 1024
+_NO_ADVICE: Advice = []
 
 
 def header_block(pairs: Iterable[tuple[str, str]] | Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -87,8 +92,7 @@ def default_headers(has_content_type: bool, has_accept: bool) -> bytes:
     )
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(NamedTuple):
     endpoint: str
     body: bytes
     served_model: str | None = None
@@ -97,8 +101,7 @@ class Invocation:
     deadline: float | None = None  # time.monotonic() by which the caller wants its answer (gRPC deadline)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
+class RequestRecord(NamedTuple):
     """One answered request, for metrics and the access log. Holds no header value and no body.
 
     endpoint: the name the caller asked for ("" when no route matched): hooks turn it into a safe label.
@@ -107,7 +110,7 @@ class RequestRecord:
 
     front: str
     method: str
-    path: str  # without query string, at most 200 characters
+    path: str  # the request target as received (the access log trims it)
     endpoint: str
     status: int | str
     seconds: float
@@ -118,8 +121,7 @@ class RequestRecord:
 RequestHook = Callable[[RequestRecord], None]
 
 
-@dataclass(frozen=True)
-class UpstreamExchange:
+class UpstreamExchange(NamedTuple):
     """One upstream answer relayed to a front (or abandoned), timed from the moment its request was sent.
 
     first_byte_seconds: until the first body byte (the head when there was no body);
@@ -153,7 +155,9 @@ class _Progress:
     waited: float = 0.0
     reauthenticated: bool = False
     reresolved: bool = False
-    retries: int = 0
+    retries: int = 0  # sends repeated, for any reason
+    policy_retried: bool = False  # sent again under the retry policy (429/503/connect/idempotent 5xx)
+    budget_spent: bool = False  # the shared retry budget refused a retry the policy allowed
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,7 @@ class Forwarder:
         *,
         admission: Admission | None = None,
         policy: retries.RetryPolicy | None = None,
+        budget: retries.RetryBudget | None = None,
         on_retry: RetryHook = _no_hook,
         on_exchange: ExchangeHook = _no_exchange_hook,
     ) -> None:
@@ -186,9 +191,10 @@ class Forwarder:
         self.transport = transport
         self.admission = admission or Admission(max_total=1024, max_per_endpoint=1024)
         self.policy = policy or retries.RetryPolicy()
+        self.budget = budget or retries.RetryBudget()
         self.on_retry = on_retry
         self.on_exchange = on_exchange
-        self._targets: dict[str, _Target] = {}
+        self._targets: dict[tuple[str, str | None], _Target] = {}
 
     def __repr__(self) -> str:
         return f"Forwarder({self.resolver!r}, {self.transport!r}, {self.admission!r})"
@@ -220,13 +226,13 @@ class Forwarder:
             reply.close()
 
     def target(self, url: str, served_model: str | None) -> _Target:
-        if served_model is not None:
-            return target_of(f"{url.removesuffix('/invocations')}/served-models/{served_model}/invocations")
-        found = self._targets.get(url)
+        """Where to send: the invocation URL, or its served-models form for one served model (cached)."""
+        found = self._targets.get((url, served_model))
         if found is None:
             if len(self._targets) > 4096:
                 self._targets.clear()
-            found = self._targets[url] = target_of(url)
+            whole = url if served_model is None else invocation_url(url, served_model)
+            found = self._targets[url, served_model] = target_of(whole)
         return found
 
     async def warm(self, name: str, connections: int) -> Resolution:
@@ -241,31 +247,42 @@ class Forwarder:
 class Exchange:
     """One invocation in flight: a `transport.Receiver` for each attempt, relaying to the front's `Sink`."""
 
+    # Class-level defaults: an exchange on the steady path sets only what it uses.
+    _conn: Connection | None = None
+    _task: asyncio.Task[None] | None = None
+    _resolution: Resolution | None = None
+    _source: TokenSource | None = None
+    _token = ""
+    _held: list[bytes] | None = None
+    _held_size = 0
+    _head: Head | None = None
+    _relaying = False
+    _done = False
+    _sent_at = 0.0
+    _first_byte_at = 0.0
+    _progress_: _Progress | None = None
+
     def __init__(self, forwarder: Forwarder, call: Invocation, sink: Sink) -> None:
         self._f = forwarder
         self.call = call
         self._sink = sink
-        self._progress = _Progress()
-        self._conn: Connection | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._resolution: Resolution | None = None
-        self._source: TokenSource | None = None
-        self._token = ""
-        self._held: list[bytes] | None = None
-        self._held_size = 0
-        self._head: Head | None = None
-        self._relaying = False
-        self._done = False
-        self._sent_at = 0.0
-        self._first_byte_at = 0.0
+
+    @property
+    def _progress(self) -> _Progress:
+        """What this invocation has used up: made on the first retry decision, not per request."""
+        if self._progress_ is None:
+            self._progress_ = _Progress()
+        return self._progress_
 
     def __repr__(self) -> str:
         state = "done" if self._done else "relaying" if self._relaying else "holding" if self._held else "sending"
-        return f"Exchange({self.call.endpoint}, {state}, attempt={self._progress.attempt})"
+        attempt = 1 if self._progress_ is None else self._progress_.attempt
+        return f"Exchange({self.call.endpoint}, {state}, attempt={attempt})"
 
     # --- the front's side ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._f.budget.record_request()
         if len(self.call.body) > MAX_BODY_BYTES:
             self._fail(BodyTooLarge(f"request body is {len(self.call.body)} bytes; the limit is {MAX_BODY_BYTES}"))
             return
@@ -275,9 +292,10 @@ class Exchange:
             source = f.credentials.for_target(resolution.url, resolution.authorization_details, label=resolution.name)
             token = source.peek()
             if token is not None:
-                conn = f.transport.idle(f.target(resolution.url, None).origin)
+                target = f.target(resolution.url, self.call.served_model)
+                conn = f.transport.idle(target.origin)
                 if conn is not None:
-                    self._send(conn, resolution, source, token)
+                    self._send(conn, resolution, source, token, target)
                     return
         self._go_slow(self._send_slowly(resolution))
 
@@ -340,7 +358,7 @@ class Exchange:
         if self._relaying:
             self._done = True
             self._observe(complete=False)
-            self._sink.fail(error)
+            self._sink.fail(error, advice=_NO_ADVICE)
         elif isinstance(error, UpstreamTimeout) and self._held is None:
             self._go_slow(self._retry_failure(error, "timeout"))
         else:
@@ -349,6 +367,8 @@ class Exchange:
     # --- internals ----------------------------------------------------------------------------------
 
     def _may_retry(self, status: int) -> bool:
+        if status < 401:
+            return False
         progress = self._progress
         if status == 401:
             return not progress.reauthenticated
@@ -360,7 +380,7 @@ class Exchange:
 
     def _relay_head(self, head: Head) -> None:
         self._relaying = True
-        self._sink.head(head, retried=self._progress.retries > 0)
+        self._sink.head(head, advice=self._advice(head.status) if head.status >= 400 else _NO_ADVICE)
 
     def _release_held(self) -> None:
         held, self._held = self._held or [], None
@@ -369,14 +389,15 @@ class Exchange:
         for data in held:
             self._sink.body(data)
 
-    def _send(self, conn: Connection, resolution: Resolution, source: TokenSource, token: str) -> None:
+    def _send(self, conn: Connection, resolution: Resolution, source: TokenSource, token: str, target: _Target) -> None:
         call = self.call
         self._conn, self._resolution, self._source, self._token = conn, resolution, source, token
-        self._held, self._head, self._first_byte_at = None, None, 0.0
+        if self._head is not None:  # a retry: forget the previous answer
+            self._held, self._head, self._first_byte_at = None, None, 0.0
         self._sent_at = time.perf_counter()
         request = b"".join(
             (
-                self._f.target(resolution.url, call.served_model).request_line,
+                target.request_line,
                 call.headers,
                 b"Authorization: Bearer ",
                 token.encode("latin-1"),
@@ -410,8 +431,9 @@ class Exchange:
             resolution = f.resolver.cached(name) or resolution
             source = f.credentials.for_target(resolution.url, resolution.authorization_details, label=resolution.name)
             token = await source.get()
+            target = f.target(resolution.url, self.call.served_model)
             try:
-                conn = await f.transport.connect(f.target(resolution.url, None).origin)
+                conn = await f.transport.connect(target.origin)
             except ConnectFailed:
                 if await self._wait_for_retry(failure="connect"):
                     continue
@@ -419,7 +441,7 @@ class Exchange:
             if self._done:  # the caller left while we connected: the connection goes back unused
                 conn.abort()
                 return
-            self._send(conn, resolution, source, token)
+            self._send(conn, resolution, source, token, target)
             return
 
     async def _retry_failure(self, error: SidecarError, failure: str) -> None:
@@ -479,6 +501,10 @@ class Exchange:
         )
         if not decision.retry:
             return False
+        if not self._f.budget.try_retry():  # a sustained throttle is not multiplied
+            progress.budget_spent = True
+            return False
+        progress.policy_retried = True
         self._note_retry(decision.reason)
         await asyncio.sleep(decision.delay)
         progress.attempt += 1
@@ -493,7 +519,18 @@ class Exchange:
         if self._done:
             return
         self._done = True
-        self._sink.fail(error)
+        self._sink.fail(error, advice=self._advice(error.status, error))
+
+    def _advice(self, status: int, error: SidecarError | None = None) -> Advice:
+        """Whether the caller should send this again (`retries.client_retry_headers`)."""
+        progress = self._progress_
+        outcome = retries.Outcome(
+            sent=self._sent_at > 0,
+            retried=progress is not None and progress.policy_retried,
+            budget_spent=progress is not None and progress.budget_spent,
+            idempotent=self.call.endpoint in self._f.policy.idempotent,
+        )
+        return retries.client_retry_headers(status, outcome, error)
 
     def _observe(self, *, complete: bool) -> None:
         if not self._sent_at or self._head is None:
@@ -544,7 +581,7 @@ class BufferedReply:
     async def headed(self) -> None:
         await self._headed
 
-    def head(self, head: Head, *, retried: bool) -> None:
+    def head(self, head: Head, *, advice: Advice) -> None:
         self.status = head.status
         self.headers = CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers)
         if not self._headed.done():
@@ -565,7 +602,7 @@ class BufferedReply:
         self._ended = True
         self._wakeup()
 
-    def fail(self, error: SidecarError) -> None:
+    def fail(self, error: SidecarError, *, advice: Advice) -> None:
         if not self._headed.done():
             self._headed.set_exception(error)
             return

@@ -10,7 +10,10 @@ Rules:
    upstream headers); otherwise a fresh id is generated. The id is returned to the caller.
 4. The access log is off by default (one line per request costs throughput); its records are frozen
    details handed to `log_access`.
-5. In a worker process (`--workers N`) every line carries `worker=<n>` (1..N), so lines of the processes
+5. Text from another server (a token server's error_description, a workspace error message) is
+   `untrusted_text` before it reaches a log, `/readyz` or a response: redacted, one line, at most a few
+   hundred characters, whatever size and content it came with.
+6. In a worker process (`--workers N`) every line carries `worker=<n>` (1..N), so lines of the processes
    sharing stderr can be told apart (and an access-log line says which worker served the request).
 
 Only the standard library is used: the formatting needs are small, and a second logging system next
@@ -35,6 +38,7 @@ from typing import Any, TextIO
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_REQUEST_ID = 128
 REDACTED = "[REDACTED]"
+UNTRUSTED_TEXT_LIMIT = 300  # characters of a remote server's error text that are kept
 ACCESS_LOGGER = "serving_sidecar.access"
 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("serving_sidecar_request_id", default=None)
@@ -102,11 +106,17 @@ class Redactor:
     """Replaces credential-looking substrings and registered secret values with `[REDACTED]`."""
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
-        # Short values would redact ordinary words; a real client secret is long.
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True)
+        self._secrets: list[str] = []
+        self.add(secrets)
 
     def __repr__(self) -> str:
         return f"Redactor(secrets={len(self._secrets)})"
+
+    def add(self, secrets: Iterable[str | None]) -> None:
+        """Redact these values too (e.g. a rotated client secret)."""
+        # Short values would redact ordinary words; a real client secret is long.
+        known = {*self._secrets, *(s for s in secrets if s and len(s) >= 8)}
+        self._secrets = sorted(known, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
@@ -114,6 +124,25 @@ class Redactor:
         text = _TOKEN_PATTERNS[0].sub(lambda m: f"{m[1]} {REDACTED}", text)
         text = _TOKEN_PATTERNS[1].sub(REDACTED, text)
         return _TOKEN_PATTERNS[2].sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def untrusted_text(text: str, *, limit: int = UNTRUSTED_TEXT_LIMIT, redact: Redactor | None = None) -> str:
+    """A remote server's text made safe to show (rule 5): redacted, control characters as spaces, cut to `limit`.
+
+    Redaction runs on twice the kept length, so a credential that straddles the cut is still recognised
+    by its start, and a multi-megabyte text costs no more than a short one.
+    """
+    window = text[: 2 * limit]
+    cleaned = _CONTROL.sub(" ", (redact or _DEFAULT_REDACTOR)(window)).strip()
+    if len(cleaned) <= limit and len(text) <= 2 * limit:
+        return cleaned
+    return cleaned[:limit].rstrip() + f"... ({len(text)} characters, cut)"
+
+
+_DEFAULT_REDACTOR = Redactor()
 
 
 class RequestIdFilter(logging.Filter):
@@ -126,7 +155,7 @@ class RequestIdFilter(logging.Filter):
 
 
 class WorkerFilter(logging.Filter):
-    """Puts `worker` (the worker's number) on every record of a worker process (rule 5)."""
+    """Puts `worker` (the worker's number) on every record of a worker process (rule 6)."""
 
     def __init__(self, worker: int) -> None:
         super().__init__()
@@ -146,7 +175,7 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self, redact: Redactor) -> None:
         super().__init__()
-        self._redact = redact
+        self._redact = self.redactor = redact
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [_timestamp(record.created), record.levelname, record.name, record.getMessage()]
@@ -166,7 +195,7 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self, redact: Redactor) -> None:
         super().__init__()
-        self._redact = redact
+        self._redact = self.redactor = redact
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -210,6 +239,14 @@ def build_handler(
         handler.addFilter(WorkerFilter(worker))
     handler.set_name(HANDLER_NAME)
     return handler
+
+
+def add_secrets(secrets: Iterable[str | None]) -> None:
+    """Register more secret values with the installed sidecar handler's redaction (a rotated secret)."""
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if handler.get_name() == HANDLER_NAME and isinstance(formatter, TextFormatter | JsonFormatter):
+            formatter.redactor.add(secrets)
 
 
 def configure(

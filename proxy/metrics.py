@@ -20,12 +20,13 @@ own, so there is one set of metrics with the names and labels of a single proces
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -61,19 +62,6 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "serving_sidecar_requests",
-            "Requests answered, by endpoint, front and status code",
-            ["endpoint", "front", "code"],
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            "serving_sidecar_request_duration_seconds",
-            "Time from request received to response finished",
-            ["endpoint", "front"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
         self.in_flight = Gauge("serving_sidecar_in_flight_requests", "Requests being served now", ["front"], registry=r)
         self.token_fetches = Counter(
             "serving_sidecar_token_fetches",
@@ -93,20 +81,6 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.upstream_duration = Histogram(
-            "serving_sidecar_upstream_request_duration_seconds",
-            "Time from sending a request upstream to the end of its response body",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.time_to_first_byte = Histogram(
-            "serving_sidecar_time_to_first_byte_seconds",
-            "Time from sending a request upstream to the first byte of its response body (first SSE event)",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
         self.upstream_connects = Counter(
             "serving_sidecar_upstream_connects",
             "New upstream connections (TCP + TLS) by host and result (success, timeout, tls_error, error)",
@@ -122,10 +96,9 @@ class Metrics:
         self.ready = Gauge("serving_sidecar_ready", "1 when the sidecar is ready to serve", registry=r)
         build = Gauge("serving_sidecar_build_info", "Build information", ["version"], registry=r)
         build.labels(version=__version__).set(1)
-        # Label children bound once per label set: `labels()` takes a lock and builds a key on every call.
-        self._request_children: dict[tuple[str, str, int | str], Any] = {}
-        self._duration_children: dict[tuple[str, str], Any] = {}
-        self._exchange_children: dict[str, tuple[Any, Any]] = {}
+        # Per-request figures are plain counts, rendered at scrape time: no lock, no `labels()` per request.
+        self._traffic = _Traffic()
+        r.register(self._traffic)
 
     def observe_token_fetch(self, outcome: FetchOutcome) -> None:
         self.token_fetches.labels(kind=outcome.kind, result="success" if outcome.ok else "failure").inc()
@@ -136,31 +109,23 @@ class Metrics:
         self.resolutions.labels(result=result).inc()
 
     def observe_request(self, record: RequestRecord, label: str) -> None:
-        """Front hook: one answered request; `label` is its endpoint's metric label. Children are bound once."""
-        key = (label, record.front, record.status)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._request_children[key] = self.requests.labels(
-                endpoint=label, front=record.front, code=str(record.status)
-            )
-        counter.inc()
-        duration = self._duration_children.get(key[:2])
+        """Front hook: one answered request; `label` is its endpoint's metric label."""
+        traffic = self._traffic
+        key = (label, record.front, str(record.status))
+        traffic.requests[key] = traffic.requests.get(key, 0) + 1
+        duration = traffic.durations.get(key[:2])
         if duration is None:
-            duration = self._duration_children[key[:2]] = self.request_duration.labels(
-                endpoint=label, front=record.front
-            )
+            duration = traffic.durations[key[:2]] = _Histogram()
         duration.observe(record.seconds)
 
     def observe_exchange(self, exchange: UpstreamExchange) -> None:
         """Forwarder hook: one upstream answer relayed (or abandoned)."""
-        children = self._exchange_children.get(exchange.endpoint)
-        if children is None:
-            children = self._exchange_children[exchange.endpoint] = (
-                self.upstream_duration.labels(endpoint=exchange.endpoint),
-                self.time_to_first_byte.labels(endpoint=exchange.endpoint),
-            )
-        children[0].observe(exchange.seconds)
-        children[1].observe(exchange.first_byte_seconds)
+        traffic = self._traffic
+        pair = traffic.exchanges.get(exchange.endpoint)
+        if pair is None:
+            pair = traffic.exchanges[exchange.endpoint] = (_Histogram(), _Histogram())
+        pair[0].observe(exchange.seconds)
+        pair[1].observe(exchange.first_byte_seconds)
 
     def watch_in_flight(self, front: str, count: Callable[[], float]) -> None:
         """Export `in_flight_requests{front}` from `count()`, read at each scrape."""
@@ -262,6 +227,72 @@ class _Merged(Collector):
             for name, labels, value in combine([own, *self._others]).get(family.name, []):
                 merged.add_sample(name, labels, value)
             yield merged
+
+
+# Prometheus's `le` label values for LATENCY_BUCKETS (Go's float formatting: repr for these values).
+_BUCKET_LABELS = (*(repr(float(bound)) for bound in LATENCY_BUCKETS), "+Inf")
+
+
+class _Histogram:
+    """Counts per LATENCY_BUCKETS bucket (not cumulative; the last is +Inf) and their sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running, buckets = 0, []
+        for bound, count in zip(_BUCKET_LABELS, self.counts, strict=True):
+            running += count
+            buckets.append((bound, float(running)))
+        return buckets
+
+
+class _Traffic(Collector):
+    """`requests_total`, `request_duration_seconds`, `upstream_request_duration_seconds` and
+    `time_to_first_byte_seconds`, from plain per-label counts kept by the `observe_*` hooks."""
+
+    REQUESTS = ("serving_sidecar_requests", "Requests answered, by endpoint, front and status code")
+    DURATION = ("serving_sidecar_request_duration_seconds", "Time from request received to response finished")
+    UPSTREAM = (
+        "serving_sidecar_upstream_request_duration_seconds",
+        "Time from sending a request upstream to the end of its response body",
+    )
+    FIRST_BYTE = (
+        "serving_sidecar_time_to_first_byte_seconds",
+        "Time from sending a request upstream to the first byte of its response body (first SSE event)",
+    )
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.durations: dict[tuple[str, str], _Histogram] = {}
+        self.exchanges: dict[str, tuple[_Histogram, _Histogram]] = {}
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(*self.REQUESTS, labels=["endpoint", "front", "code"])
+        yield HistogramMetricFamily(*self.DURATION, labels=["endpoint", "front"])
+        yield HistogramMetricFamily(*self.UPSTREAM, labels=["endpoint"])
+        yield HistogramMetricFamily(*self.FIRST_BYTE, labels=["endpoint"])
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(*self.REQUESTS, labels=["endpoint", "front", "code"])
+        for labels, count in list(self.requests.items()):
+            requests.add_metric(list(labels), count)
+        duration = HistogramMetricFamily(*self.DURATION, labels=["endpoint", "front"])
+        for pair, histogram in list(self.durations.items()):
+            duration.add_metric(list(pair), histogram.cumulative(), histogram.total)
+        upstream = HistogramMetricFamily(*self.UPSTREAM, labels=["endpoint"])
+        first_byte = HistogramMetricFamily(*self.FIRST_BYTE, labels=["endpoint"])
+        for endpoint, (whole, first) in list(self.exchanges.items()):
+            upstream.add_metric([endpoint], whole.cumulative(), whole.total)
+            first_byte.add_metric([endpoint], first.cumulative(), first.total)
+        yield from (requests, duration, upstream, first_byte)
 
 
 class _PoolCollector(Collector):

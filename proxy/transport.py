@@ -10,16 +10,14 @@ Headers travel as `(name, value)` byte pairs exactly as received; bodies as byte
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from proxy.errors import SidecarError
 
 Headers = list[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
+class Head(NamedTuple):
     """An upstream answer's status line and headers. `length`: its Content-Length, None when the body is
     chunked or runs until the connection closes."""
 
@@ -71,11 +69,15 @@ class Transport(Protocol):
         """Open up to `connections` idle connections ahead of traffic; failures are ignored."""
 
 
+Advice = list[tuple[str, str]]  # headers telling a client whether to retry (`retries.client_retry_headers`)
+
+
 class Sink(Protocol):
     """Where an answer goes (a front), on the event loop: `head`, `body`*, `end`, or `fail` at any point:
-    before `head` the front answers the error itself; after it, it cuts the answer off."""
+    before `head` the front answers the error itself; after it, it cuts the answer off. `advice` goes on
+    the answer's headers (replacing upstream ones of the same names)."""
 
-    def head(self, head: Head, *, retried: bool) -> None: ...
+    def head(self, head: Head, *, advice: Advice) -> None: ...
 
     def body(self, data: bytes) -> None: ...
 
@@ -83,7 +85,7 @@ class Sink(Protocol):
 
     def end(self) -> None: ...
 
-    def fail(self, error: SidecarError) -> None: ...
+    def fail(self, error: SidecarError, *, advice: Advice) -> None: ...
 
 
 class Reply(Protocol):

@@ -7,6 +7,9 @@ Invariants:
    the error and retries after `schedule.backoff`.
 4. With no usable token, `get()` fetches (sharing any fetch in flight); inside a failure backoff it
    fails at once with `NoCredential` (503 + Retry-After) instead of hammering the token server.
+5. `on_change` is called, synchronously, whenever the held token or the last error changes (a fetch
+   succeeded or failed, the token was invalidated), so readiness can follow as events instead of polls.
+   The one change that happens with time alone, the token turning unusable, is at `usable_until`.
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ def _ignore(_: FetchOutcome) -> None:
     return None
 
 
+def _nothing() -> None:
+    return None
+
+
 class RefreshingToken:
     def __init__(
         self,
@@ -85,9 +92,11 @@ class RefreshingToken:
         label: str = "",
         clock: Callable[[], float] = time.time,
         observer: Observer = _ignore,
+        on_change: Callable[[], object] = _nothing,
         on_token: TokenHook | None = None,
     ) -> None:
         self._fetch = fetch
+        self._on_change = on_change
         self._on_token = on_token
         self.kind = kind
         self.label = label
@@ -99,6 +108,7 @@ class RefreshingToken:
         self._failures = 0
         self._retry_at = 0.0
         self._wake = asyncio.Event()
+        self._forced = False
         self.last_error: TokenError | None = None
 
     def __repr__(self) -> str:
@@ -111,6 +121,11 @@ class RefreshingToken:
     @property
     def expires_at(self) -> float | None:
         return None if self._token is None else self._token.expires_at
+
+    @property
+    def usable_until(self) -> float | None:
+        """Wall-clock time at which the held token stops being usable (None without a token)."""
+        return None if self._token is None else self._token.expires_at - schedule.UNUSABLE_MARGIN
 
     def is_usable(self) -> bool:
         return self._token is not None and schedule.is_usable(self._clock(), self._token.expires_at)
@@ -140,12 +155,27 @@ class RefreshingToken:
         if self._token is not None and self._token.access_token == access_token:
             self._token = None
             self._retry_at = 0.0
+            self._on_change()
 
-    def retry_now(self) -> None:
-        """Cut a failure backoff short (e.g. the secret file changed): the loop fetches again at once."""
-        if self.last_error is not None:
-            self._retry_at = 0.0
-            self._wake.set()
+    def retry_now(self) -> bool:
+        """Cut a failure backoff short (e.g. the secret file changed): the loop fetches again at once.
+
+        True when there was a failure to retry.
+        """
+        if self.last_error is None:
+            return False
+        self._retry_at = 0.0
+        self._wake.set()
+        return True
+
+    def refresh_now(self) -> None:
+        """Fetch a new token at once even if the current one is fine (SIGHUP: try the re-read secret now).
+
+        A failure keeps the current token, as any failed refresh does (invariant 3).
+        """
+        self._retry_at = 0.0
+        self._forced = True
+        self._wake.set()
 
     def start(self) -> None:
         """Start the background refresh loop (fetches at once when there is no token)."""
@@ -185,7 +215,8 @@ class RefreshingToken:
                 async with asyncio.timeout(self.next_refresh_delay()):
                     await self._wake.wait()
             self._wake.clear()
-            if self._token is not None and self.last_error is None and self.next_refresh_delay() > 0:
+            forced, self._forced = self._forced, False
+            if not forced and self._token is not None and self.last_error is None and self.next_refresh_delay() > 0:
                 continue  # someone else refreshed meanwhile
             with contextlib.suppress(TokenError):
                 await self._refresh()
@@ -210,10 +241,13 @@ class RefreshingToken:
             raise error from exc
         finally:
             self._inflight = None
+        if self._failures:
+            log.info("%s obtained after %d failed attempt(s)", self._name(), self._failures)
         self._token, self._failures, self.last_error = token, 0, None
         self._observer(FetchOutcome(self.kind, self.label, True, token.expires_at, None))
         if self._on_token is not None:
             self._on_token(token)
+        self._on_change()
         return token
 
     def _record_failure(self, exc: TokenError) -> None:
@@ -225,7 +259,19 @@ class RefreshingToken:
             # Invariant 3 of `schedule`: never back off past the moment the current token stops being
             # usable, or callers get 503 inside the backoff although the token server is back.
             self._retry_at = min(self._retry_at, self._token.expires_at - schedule.UNUSABLE_MARGIN)
+        # The error's texts were cut and redacted where they were received (oauth.parse_token_response).
+        log.warning(
+            "%s fetch failed (%d in a row), next try in %.1f s: %s",
+            self._name(),
+            self._failures,
+            max(0.0, self._retry_at - now),
+            exc,
+        )
         self._observer(FetchOutcome(self.kind, self.label, False, self.expires_at, exc.error))
+        self._on_change()
+
+    def _name(self) -> str:
+        return f"{self.kind} token" + (f" for {self.label}" if self.label else "")
 
     def _no_credential(self, now: float) -> NoCredential:
         error = self.last_error
@@ -253,6 +299,10 @@ class TokenCache:
             entry = self._entries[key] = create()
             entry.start()
         return entry
+
+    def retry_now(self) -> int:
+        """Cut every failure backoff short (see `RefreshingToken.retry_now`); the number of tokens retried."""
+        return sum(entry.retry_now() for entry in list(self._entries.values()))
 
     async def discard(self, key: Hashable) -> None:
         entry = self._entries.pop(key, None)

@@ -9,9 +9,11 @@ Invariants:
    never finds the token unusable while the refresh runs. It never starts sooner than
    MIN_REFRESH_INTERVAL after the token was obtained: a server handing out very short tokens is not
    asked again in a loop.
-3. After a failed refresh the next try waits `backoff(failures)`: exponential from 1 s, capped at 60 s
-   (300 s for configuration errors such as `invalid_client`), and never past the point where the current
-   token stops being usable unless it already has.
+3. After a failed refresh the next try waits `backoff(failures)`: exponential from 1 s, capped at 60 s.
+   Configuration errors (`invalid_client`...) start at 5 s and are capped at 30 s, jitter included: no hot
+   loop against the token server, yet a principal an admin fixes is picked up within 30 s (at once when the
+   secret file changes or on SIGHUP). Never past the point where the current token stops being usable
+   unless it already has.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ MAX_LEAD = 20 * 60.0
 MIN_REFRESH_INTERVAL = 5.0  # even tokens too short-lived to follow the rules are not re-fetched in a loop
 BACKOFF_START = 1.0
 BACKOFF_CAP = 60.0
-CONFIG_ERROR_BACKOFF = 300.0
+CONFIG_ERROR_BACKOFF_START = 5.0
+CONFIG_ERROR_BACKOFF_CAP = 30.0
 
 
 def lead(ttl: float) -> float:
@@ -42,8 +45,10 @@ def is_usable(now: float, expires_at: float) -> bool:
 
 
 def backoff(failures: int, *, configuration_error: bool = False, jitter: float | None = None) -> float:
-    """Seconds to wait after `failures` consecutive failed fetches (failures >= 1), with +-10% jitter."""
-    exponential = min(BACKOFF_CAP, BACKOFF_START * 2 ** max(0, failures - 1))
-    base = CONFIG_ERROR_BACKOFF if configuration_error else exponential
+    """Seconds to wait after `failures` consecutive failed fetches (failures >= 1), with +-10% jitter, capped."""
+    start, cap = (
+        (CONFIG_ERROR_BACKOFF_START, CONFIG_ERROR_BACKOFF_CAP) if configuration_error else (BACKOFF_START, BACKOFF_CAP)
+    )
+    exponential = start * 2.0 ** min(max(0, failures - 1), 32)
     factor = random.uniform(0.9, 1.1) if jitter is None else jitter
-    return base * factor
+    return min(cap, exponential * factor)

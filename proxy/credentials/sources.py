@@ -1,5 +1,8 @@
 """Where tokens come from: the workspace token (OAuth M2M or workload identity) and one data-plane
 token per (invocation URL, authorization details), minted from the workspace token by jwt-bearer exchange.
+
+Which token may go where: `targets.token_kind` (a worker of `--workers` checks the same without this
+module's OAuth and JWT libraries).
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from pathlib import Path
 
 import jwt
 
-from proxy.credentials.cache import Fetch, Observer, RefreshingToken, Token, TokenCache
+from proxy.credentials.cache import Fetch, FetchOutcome, Observer, RefreshingToken, Token, TokenCache
 from proxy.credentials.oauth import OAuthClient
+from proxy.credentials.targets import token_kind as token_kind  # re-exported: its home until --workers
 from proxy.errors import NoCredential, TokenError
 
 # Which credential a token belongs to: None for the workspace token, else (invocation URL, authorization details).
@@ -32,7 +36,7 @@ def secret_from_file(path: Path) -> Callable[[], asyncio.Future[str]]:
     return lambda: asyncio.ensure_future(asyncio.to_thread(read))
 
 
-async def watch_file(path: Path, on_change: Callable[[], None], *, interval: float = 2.0) -> None:
+async def watch_file(path: Path, on_change: Callable[[], object], *, interval: float = 2.0) -> None:
     """Call `on_change` whenever `path` changes (Kubernetes swaps the Secret's symlink); runs until cancelled."""
 
     def fingerprint() -> tuple[int, int] | None:
@@ -97,27 +101,48 @@ def check_audience(token: str, audience: str, source: Path) -> None:
 
 
 class Credentials:
-    """The workspace token and the data-plane tokens derived from it."""
+    """The workspace token and the data-plane tokens derived from it.
+
+    `on_workspace_change` is called whenever the workspace token or its last error changes (readiness
+    follows it). When a workspace token is obtained, data-plane tokens that failed meanwhile (most for
+    want of it) are retried at once instead of waiting out their backoff.
+    """
 
     def __init__(
         self,
         oauth: OAuthClient,
         workspace_fetch: Fetch,
         *,
+        workspace_url: str,
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
+        on_workspace_change: Callable[[], object] | None = None,
         on_token: Callable[[TokenKey, Token], None] | None = None,
     ) -> None:
         """`on_token(key, token)` runs whenever a token is obtained, refreshes included."""
         self._oauth = oauth
+        self._workspace_url = workspace_url
         self._clock = clock
         self._observer = observer
         self._on_token = on_token
-        self.workspace = self._token(workspace_fetch, kind="workspace", label="", key=None)
         self.data_plane = TokenCache()
+        self.workspace = RefreshingToken(
+            workspace_fetch,
+            kind="workspace",
+            clock=clock,
+            observer=self._observe_workspace,
+            on_change=on_workspace_change or (lambda: None),
+            on_token=None if on_token is None else lambda token: on_token(None, token),
+        )
 
     def __repr__(self) -> str:
         return f"Credentials(workspace={self.workspace!r}, data_plane={self.data_plane!r})"
+
+    def _observe_workspace(self, outcome: FetchOutcome) -> None:
+        if self._observer is not None:
+            self._observer(outcome)
+        if outcome.ok:
+            self.data_plane.retry_now()
 
     def _token(self, fetch: Fetch, *, kind: str, label: str, key: TokenKey) -> RefreshingToken:
         hook = self._on_token
@@ -128,9 +153,20 @@ class Credentials:
             fetch, kind=kind, label=label, clock=self._clock, observer=self._observer, on_token=on_token
         )
 
+    def reload(self) -> int:
+        """SIGHUP: fetch a workspace token now (re-reading the secret or token file) and end every data-plane
+        failure backoff. Returns how many tokens were in a failure backoff."""
+        failing = int(self.workspace.last_error is not None)
+        self.workspace.refresh_now()
+        return failing + self.data_plane.retry_now()
+
     def for_target(self, url: str, authorization_details: str | None, *, label: str) -> RefreshingToken:
-        """The token for an invocation URL: data-plane when it has authorization details, else workspace."""
-        if authorization_details is None:
+        """The token for an invocation URL: data-plane when it has authorization details, else workspace.
+
+        BadMetadata when no token may go to `url` (`token_kind`): nothing is minted or sent then.
+        """
+        kind = token_kind(url, authorization_details, self._workspace_url)
+        if kind == "workspace" or authorization_details is None:
             return self.workspace
         key = (url, authorization_details)
         return self.data_plane.get_or_create(

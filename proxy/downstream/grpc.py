@@ -19,10 +19,15 @@ Rules:
 6. Streams relay the data of each server-sent event as one InvokeEvent as soon as it is complete; the
    `[DONE]` terminator is not relayed (the end of the stream says it). An answer that is not an event
    stream is relayed as one event.
-7. Health (`downstream.health`) follows the sidecar's readiness, polled every READINESS_POLL seconds, for
-   "" and ServingProxy: NOT_SERVING until ready, SERVING while ready, NOT_SERVING for good once draining
-   or stopping begins. Reflection lists ServingProxy, Health and itself.
-8. Only the gRPC modules import grpc; grpc's own failures (a port that cannot be bound) become OSError here.
+7. Health (`downstream.health`) follows the sidecar's `Readiness` (proxy/readiness.py) for "" and
+   ServingProxy: it is set by readiness events, and a Check or a new Watch recomputes readiness first, so
+   it says what /readyz says at every instant. NOT_SERVING until ready, SERVING while ready, NOT_SERVING
+   for good once draining or stopping begins. Reflection lists ServingProxy, Health and itself.
+8. Only the gRPC modules import grpc; a listen address that cannot be bound is a ConfigError naming
+   `grpc-listen`.
+9. A request that does not decode as an InvokeRequest is INVALID_ARGUMENT (the caller's mistake), answered
+   and counted like any refused call: the decoder hands the handler a `Undecodable` instead of raising,
+   since grpc answers UNKNOWN for a deserializer's exception and counts nothing.
 """
 
 from __future__ import annotations
@@ -30,23 +35,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection
 
 from proxy import logs, routing
 from proxy._proto.servingsidecar.v1 import serving_proxy_pb2 as pb
-from proxy._proto.servingsidecar.v1 import serving_proxy_pb2_grpc as pb_grpc
 from proxy.config import MAX_BODY_BYTES, Address
 from proxy.downstream.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from proxy.downstream.health import HealthService
 from proxy.downstream.sse import SseSplitter
-from proxy.errors import InvalidRequest, ResponseTooLarge, SidecarError, grpc_code_for_status
+from proxy.errors import ConfigError, InvalidRequest, ResponseTooLarge, SidecarError, grpc_code_for_status
 from proxy.forwarding import Invocation, RequestHook, RequestRecord, header_block
+from proxy.readiness import Health
 from proxy.transport import Reply
 
 FRONT = "grpc"
@@ -59,7 +66,6 @@ SERVER_OPTIONS = (
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
     ("grpc.so_reuseport", 0),  # a second sidecar on the same port must fail to bind, not share the port
 )
-READINESS_POLL = 0.2  # seconds
 STOP_GRACE = 10.0  # seconds in-flight calls may finish once stop begins
 PASSED_METADATA = frozenset({"x-request-id"})
 ERROR_CODE_KEY = "error-code"
@@ -67,7 +73,35 @@ EVENT_STREAM = "text/event-stream"
 DONE = b"[DONE]"
 _MAX_TEXT_MESSAGE = 2048  # characters of a non-JSON error body kept as the status message
 
-Ready = Callable[[], bool]
+
+class ReadinessSource(Protocol):
+    """What the front needs of `proxy.readiness.Readiness`."""
+
+    def subscribe(self, subscriber: Callable[[Health], None]) -> None: ...
+
+    def current(self) -> Health: ...
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request body that is not an InvokeRequest protobuf (rule 9). Empty fields, like a blank request."""
+
+    error: str
+    endpoint: str = ""
+    served_model: str = ""
+    json_body: bytes = b""
+
+
+Request = pb.InvokeRequest | Undecodable
+
+
+def decode_request(raw: bytes) -> Request:
+    """The request deserializer: never raises (rule 9)."""
+    try:
+        request: pb.InvokeRequest = pb.InvokeRequest.FromString(raw)
+    except DecodeError as exc:
+        return Undecodable(str(exc)[:200] or "malformed protobuf")
+    return request
 
 
 class Invoker(Protocol):
@@ -145,9 +179,11 @@ def passed_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> list[tuple[s
 
 
 def invocation_for(
-    request: pb.InvokeRequest, metadata: Iterable[tuple[str, str | bytes]], *, time_remaining: float | None = None
+    request: Request, metadata: Iterable[tuple[str, str | bytes]], *, time_remaining: float | None = None
 ) -> Invocation:
     """The Invocation for a request, or InvalidRequest naming the field at fault."""
+    if isinstance(request, Undecodable):
+        raise InvalidRequest(f"the request is not a valid {pb.InvokeRequest.DESCRIPTOR.full_name}: {request.error}")
     if not request.endpoint:
         raise InvalidRequest("endpoint is required: the name of the serving endpoint to call")
     if not routing.is_valid_name(request.endpoint):
@@ -237,7 +273,7 @@ class ServingProxyService:
     def __repr__(self) -> str:
         return f"ServingProxyService({self._forwarder!r})"
 
-    async def Invoke(self, request: pb.InvokeRequest, context: Any) -> pb.InvokeResponse:
+    async def Invoke(self, request: Request, context: Any) -> pb.InvokeResponse:
         async with self._call(request.endpoint, context) as call:
             async with self._forward(request, context) as reply:
                 call.saw(reply)
@@ -247,7 +283,7 @@ class ServingProxyService:
             return pb.InvokeResponse(json_body=body, served_model_name=reply.headers.get("served-model-name", ""))
         raise AssertionError("unreachable: _call ends a failed call by aborting it")
 
-    async def InvokeStream(self, request: pb.InvokeRequest, context: Any) -> AsyncIterator[pb.InvokeEvent]:
+    async def InvokeStream(self, request: Request, context: Any) -> AsyncIterator[pb.InvokeEvent]:
         async with self._call(request.endpoint, context) as call, self._forward(request, context) as reply:
             call.saw(reply)
             if not 200 <= reply.status < 300:
@@ -257,7 +293,7 @@ class ServingProxyService:
                 yield pb.InvokeEvent(data=data)
 
     @contextlib.asynccontextmanager
-    async def _forward(self, request: pb.InvokeRequest, context: Any) -> AsyncIterator[Reply]:
+    async def _forward(self, request: Request, context: Any) -> AsyncIterator[Reply]:
         """The shared forwarding path, admitted like an HTTP request."""
         call = invocation_for(request, context.invocation_metadata(), time_remaining=context.time_remaining())
         with self._forwarder.admit(call.endpoint):
@@ -313,12 +349,13 @@ class GrpcFront:
     `begin_draining()` for the moment draining starts.
     """
 
-    def __init__(self, forwarder: Invoker, on_request: RequestHook, ready: Ready) -> None:
+    def __init__(self, forwarder: Invoker, on_request: RequestHook, readiness: ReadinessSource) -> None:
         self.service = ServingProxyService(forwarder, on_request)
-        self.health = HealthService([SERVICE_NAME])  # NOT_SERVING until the first readiness check (rule 7)
-        self._ready = ready
+        # NOT_SERVING until readiness says otherwise (rule 7)
+        self.health = HealthService([SERVICE_NAME], refresh=readiness.current)
+        self._readiness = readiness
+        readiness.subscribe(lambda health: self.health.set(health.ready))
         self._server: Any = None
-        self._follower: asyncio.Task[None] | None = None
         self.port = 0
 
     @property
@@ -332,13 +369,13 @@ class GrpcFront:
     async def start(self, address: Address) -> int:
         """Bind `address` (port 0: any free port), start serving; return the bound port."""
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        pb_grpc.add_ServingProxyServicer_to_server(self.service, server)
+        _add_serving_proxy(self.service, server)
         self.health.add_to(server)
         reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
         self.port = _bind(server, address)
         await server.start()
         self._server = server
-        self._follower = asyncio.get_running_loop().create_task(self._follow_readiness())
+        self.health.set(self._readiness.current().ready)
         return self.port
 
     def begin_draining(self) -> None:
@@ -348,26 +385,54 @@ class GrpcFront:
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """NOT_SERVING, refuse new calls, give calls in flight `grace` seconds, then cancel them."""
         self.begin_draining()
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
-            self._follower = None
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
 
-    async def _follow_readiness(self) -> None:
-        while True:
-            self.health.set(self._ready())
-            await asyncio.sleep(READINESS_POLL)
+
+def _add_serving_proxy(service: ServingProxyService, server: Any) -> None:
+    """The generated `add_ServingProxyServicer_to_server`, with the never-raising decoder of rule 9."""
+    handlers = {
+        "Invoke": grpc.unary_unary_rpc_method_handler(
+            service.Invoke,
+            request_deserializer=decode_request,
+            response_serializer=pb.InvokeResponse.SerializeToString,
+        ),
+        "InvokeStream": grpc.unary_stream_rpc_method_handler(
+            service.InvokeStream,
+            request_deserializer=decode_request,
+            response_serializer=pb.InvokeEvent.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def _bind(server: Any, address: Address) -> int:
+    _probe(address)
     try:
         port = int(server.add_insecure_port(str(address)))
     except RuntimeError as exc:
-        raise OSError(f"grpc-listen: cannot listen on {address}: {exc}") from exc
+        raise ConfigError(f"grpc-listen: cannot listen on {address}: {_bind_reason(exc)}") from None
     if port == 0:
-        raise OSError(f"grpc-listen: cannot listen on {address}")
+        raise ConfigError(f"grpc-listen: cannot listen on {address} (address in use or not available)")
     return port
+
+
+def _probe(address: Address) -> None:
+    """Try the address with a plain socket first: for a taken port grpc only logs a C-level line on stderr
+    and raises a vague error, and a configuration error must be one clear line (rule 8)."""
+    if address.port == 0:
+        return
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address.host, address.port))
+        except OSError as exc:
+            raise ConfigError(f"grpc-listen: cannot listen on {address}: {exc.strerror or exc}") from None
+
+
+def _bind_reason(exc: RuntimeError) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text[:200] or "address in use or not available"

@@ -7,6 +7,8 @@ Rules:
 3. Watch sends the status at once and then every change (SERVICE_UNKNOWN for an unknown service). After
    shutdown it sends NOT_SERVING and ends, so an open Watch does not hold the server's stop for its whole
    grace period. Watchers never affect each other.
+4. `refresh`, when given, runs before a Check answers and before a Watch sends its first status: it
+   lets the owner recompute readiness and `set` it, so an answer is never staler than the question.
 
 Why not grpcio-health-checking's aio servicer: its Watch streams never end, so each open one delays every
 stop by the full grace; and when one watcher of a service leaves it drops the condition the others wait
@@ -17,7 +19,7 @@ still the package's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -30,8 +32,9 @@ SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 
 class HealthService:
-    def __init__(self, services: Iterable[str]) -> None:
+    def __init__(self, services: Iterable[str], *, refresh: Callable[[], object] | None = None) -> None:
         self._services = frozenset({"", *services})
+        self._refresh = refresh
         self._serving = False
         self._shut_down = False
         self._changed = asyncio.Event()  # set, then replaced, on every change (rule 3)
@@ -66,12 +69,18 @@ class HealthService:
             return SERVICE_UNKNOWN
         return SERVING if self._serving else NOT_SERVING
 
+    def _refreshed(self) -> None:
+        if self._refresh is not None:
+            self._refresh()
+
     async def Check(self, request: Any, context: Any) -> Any:
+        self._refreshed()
         if request.service not in self._services:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r} here")
         return health_pb2.HealthCheckResponse(status=self._status(request.service))
 
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        self._refreshed()
         sent = None
         while True:
             changed = self._changed  # taken with the status, so no change between the two is missed

@@ -58,7 +58,7 @@ from proxy.forwarding import (
     RequestRecord,
     default_headers,
 )
-from proxy.transport import Head
+from proxy.transport import Advice, Head
 
 log = logging.getLogger("serving_sidecar")
 FRONT = "http"
@@ -66,6 +66,9 @@ SWEEP_INTERVAL = 1.0
 # Upstream answer headers not relayed: the front writes its own framing and request id.
 NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 _NO_BODY = frozenset({204, 304})
+MAX_ROUTES = 1024
+_NO_ADVICE: Advice = []
+_UNKNOWN = routing.Route("")  # a cache miss
 _ROUTE_HELP = (
     "no such route: use POST /serving-endpoints/<endpoint_name>/invocations or "
     "/serving-endpoints/<endpoint_name>/served-models/<served_model_name>/invocations"
@@ -109,61 +112,37 @@ class HeadersTooLarge(SidecarError):
 
 
 class _Request:
-    """One request on a connection: parsed, then answered."""
+    """One request on a connection: parsed, then answered. Class-level defaults: a request sets only what
+    it uses (its body and header block are its own lists)."""
 
-    __slots__ = (
-        "admitted",
-        "block",
-        "body",
-        "body_size",
-        "buffered",
-        "bytes_sent",
-        "chunked",
-        "connection",
-        "content_length",
-        "error",
-        "exchange",
-        "expect",
-        "has_accept",
-        "has_content_type",
-        "head_bytes",
-        "header_count",
-        "headers_done",
-        "http11",
-        "keep_alive",
-        "method",
-        "request_id",
-        "route",
-        "started",
-        "status",
-        "transfer_encoding",
-        "url",
-    )
+    url = b""
+    method = ""
+    has_content_type = False
+    has_accept = False
+    transfer_encoding: bytes | None = None
+    expect: bytes | None = None
+    connection: bytes | None = None
+    content_length = 0
+    request_id = ""
+    head_bytes = 0
+    header_count = 0
+    headers_done = False
+    http11 = True
+    keep_alive = True
+    route: routing.Route | None = None
+    error: SidecarError | None = None
+    body_size = 0
+    buffered = 0
+    admitted = False
+    exchange: Exchange | None = None
+    status: int | str = "error"
+    bytes_sent = 0
+    chunked = False
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
-        self.url = b""
-        self.method = ""
         self.block: list[bytes] = []
-        self.has_content_type = self.has_accept = False
-        self.transfer_encoding: bytes | None = None
-        self.expect: bytes | None = None
-        self.connection: bytes | None = None
-        self.content_length = 0
-        self.request_id = ""
-        self.head_bytes = self.header_count = 0
-        self.headers_done = False
-        self.http11 = True
-        self.keep_alive = True
-        self.route: routing.Route | None = None
-        self.error: SidecarError | None = None
         self.body: list[bytes] = []
-        self.body_size = self.buffered = 0
-        self.admitted = False
-        self.exchange: Exchange | None = None
-        self.status: int | str = "error"
-        self.bytes_sent = 0
-        self.chunked = False
 
     @property
     def endpoint(self) -> str:
@@ -179,6 +158,7 @@ class HttpFront:
         self.limits = limits or Limits()
         self.connections: set[HttpConnection] = set()
         self.buffered = 0  # request-body bytes of requests still arriving (rule 3)
+        self.routes: dict[bytes, routing.Route | None] = {}  # request target -> route, for repeat callers
         self.in_flight = 0
         self.draining = False
         self.port = 0
@@ -397,15 +377,18 @@ class HttpConnection(asyncio.Protocol):
 
     # --- transport.Sink (the request being answered) ------------------------------------------------
 
-    def head(self, head: Head, *, retried: bool) -> None:
+    def head(self, head: Head, *, advice: Advice) -> None:
         request = self._current
         assert request is not None
         request.status = head.status
         out = self._out
         out.append(_STATUS_LINES.get(head.status) or _status_line(head.status))
+        dropped = NOT_RETURNED if not advice else NOT_RETURNED | {name.lower().encode() for name, _ in advice}
         for name, value in head.headers:
-            if name.lower() not in NOT_RETURNED:
+            if name.lower() not in dropped:
                 out += (name, b": ", value, b"\r\n")
+        for key, text in advice:
+            out.append(f"{key}: {text}\r\n".encode("latin-1"))
         out += (b"X-Request-Id: ", request.request_id.encode(), b"\r\n")
         if head.length is not None:
             out.append(b"Content-Length: %d\r\n" % head.length)
@@ -445,12 +428,12 @@ class HttpConnection(asyncio.Protocol):
         self.flush()
         self._finish(request)
 
-    def fail(self, error: SidecarError) -> None:
+    def fail(self, error: SidecarError, *, advice: Advice) -> None:
         request = self._current
         if request is None:
             return
         if request.status == "error":
-            self._answer(request, error)
+            self._answer(request, error, advice)
             return
         # Head already sent: cut the connection, so the caller sees a broken answer, not a short one.
         self.flush()
@@ -496,7 +479,14 @@ class HttpConnection(asyncio.Protocol):
         length = request.content_length
         if length > MAX_BODY_BYTES:
             raise self._refusing(BodyTooLarge(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}"))
-        request.route = routing.match(request.url.decode("latin-1"))
+        routes = self._front.routes
+        route = routes.get(request.url, _UNKNOWN)
+        if route is _UNKNOWN:
+            route = routing.match(request.url.decode("latin-1"))
+            if len(routes) >= MAX_ROUTES:
+                routes.clear()
+            routes[request.url] = route
+        request.route = route
         if request.route is None:
             request.error = EndpointNotFound(_ROUTE_HELP)
         elif request.method != "POST":
@@ -534,16 +524,16 @@ class HttpConnection(asyncio.Protocol):
         except Exception as exc:  # a bug, not a condition: logged with its traceback, answered as a 500
             log.exception("internal error while serving a request")
             request.exchange.cancel()
-            self.fail(SidecarError(f"internal error in serving-sidecar ({type(exc).__name__}); see its log"))
+            self.fail(SidecarError(f"internal error in serving-sidecar ({type(exc).__name__}); see its log"), advice=[])
 
-    def _answer(self, request: _Request, error: SidecarError) -> None:
+    def _answer(self, request: _Request, error: SidecarError, advice: Advice = _NO_ADVICE) -> None:
         """An answer the sidecar makes itself, for `request`."""
         request.status = error.status
         body = error.body()
         if self._front.draining:
             request.keep_alive = False
         out = [_STATUS_LINES.get(error.status) or _status_line(error.status)]
-        for name, value in error.headers().items():
+        for name, value in [*error.headers().items(), *advice]:
             out.append(f"{name}: {value}\r\n".encode("latin-1"))
         out.append(f"X-Request-Id: {request.request_id}\r\nContent-Length: {len(body)}\r\n".encode())
         if not request.keep_alive:
@@ -578,7 +568,7 @@ class HttpConnection(asyncio.Protocol):
             RequestRecord(
                 front=FRONT,
                 method=request.method,
-                path=logs.access_path(request.url.decode("latin-1")),
+                path=request.url.decode("latin-1"),
                 endpoint=request.endpoint,
                 status=request.status,
                 seconds=time.perf_counter() - request.started,

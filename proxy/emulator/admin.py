@@ -8,6 +8,7 @@ No authentication: the emulator is a test double that listens on loopback. Route
 - ``GET  /_emulator/endpoints`` -> ``{"endpoints": [{"name", "id", "endpoint_url", "route_optimized"}]}``
 - ``POST /_emulator/endpoints/{name}/recreate`` -> ``{"name", "id", "endpoint_url"}``
 - ``POST /_emulator/tokens/revoke``
+- ``POST /_emulator/clients/{client_id}`` ``{"secret"}``: that client authenticates with this secret from now on
 - ``POST /_emulator/workload-token`` ``{"subject"?, "audience"?, "ttl"?}`` -> ``{"token"}``
 - ``GET  /_emulator/k8s/jwks`` (the fake Kubernetes issuer's public keys)
 
@@ -44,6 +45,8 @@ class Controls(Protocol):
     def endpoint_url(self, name: str) -> str: ...
 
     def revoke_all_tokens(self) -> None: ...
+
+    def set_client_secret(self, client_id: str, secret: str) -> None: ...
 
     def issue_workload_token(
         self, *, subject: str | None = None, audience: str | None = None, ttl: float = 3600.0
@@ -86,6 +89,7 @@ class Admin:
         app.router.add_get("/_emulator/endpoints", self.endpoints)
         app.router.add_post("/_emulator/endpoints/{name}/recreate", self.recreate)
         app.router.add_post("/_emulator/tokens/revoke", self.revoke)
+        app.router.add_post("/_emulator/clients/{client_id}", self.set_client_secret)
         app.router.add_post("/_emulator/workload-token", self.workload_token)
         app.router.add_get("/_emulator/k8s/jwks", self.jwks)
 
@@ -139,6 +143,17 @@ class Admin:
     async def revoke(self, request: web.Request) -> web.Response:
         self._controls.revoke_all_tokens()
         return json_response({"revoked": True})
+
+    async def set_client_secret(self, request: web.Request) -> web.Response:
+        client_id = request.match_info["client_id"]
+        try:
+            secret = (await _json_object(request)).get("secret")
+            if not isinstance(secret, str) or not secret:
+                raise _BadInput("secret must be a non-empty string")
+        except _BadInput as err:
+            return _bad(str(err))
+        self._controls.set_client_secret(client_id, secret)
+        return json_response({"client_id": client_id})
 
     async def workload_token(self, request: web.Request) -> web.Response:
         try:

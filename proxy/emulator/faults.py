@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAILURE_STATUSES = (429, 500, 502, 503, 504)
+TOKEN_ANSWER_KINDS = ("workspace", "data_plane", "error")
 
 _Setter = Callable[["Faults", object], None]
 
@@ -61,6 +62,16 @@ class Faults:
         metadata answer (``GET /api/2.0/serving-endpoints/{name}``): hostile or unusual metadata for tests
         (an ``http://`` endpoint_url, no authorization_details, a malformed field) or a data-plane URL
         that points at another server (a benchmark's upstream). Replaced whole by a patch; null clears.
+    token_answer_override: per answer kind (``workspace`` and ``data_plane`` token grants, ``error`` for
+        OAuth error answers), a JSON merge patch applied to the token endpoint's JSON answer: hostile token
+        answers for tests (an object as ``access_token``, a negative, tiny, huge or NaN ``expires_in``, a
+        5 MB ``error_description``). Replaced whole by a patch; null clears.
+    token_answer_raw: per answer kind, the exact body text answered instead (status and headers kept),
+        for what a merge patch cannot say: a member that is ``null`` (a merge patch's null removes it), a
+        body that is not JSON. Replaced whole by a patch; null clears.
+    metadata_failures: per endpoint name (known or not), an HTTP status (429 or 5xx) that metadata reads
+        of that name answer instead, Databricks-shaped (429 with ``Retry-After: 1``). Replaced whole by a
+        patch; null clears.
     planned_failures: queue filled by ``fail_next`` (read-only through the patch route).
     """
 
@@ -73,6 +84,9 @@ class Faults:
     close_after_requests: int | None = None
     connection_faults_on_control_plane: bool = False
     metadata_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    token_answer_override: dict[str, Any] = field(default_factory=dict)
+    token_answer_raw: dict[str, str] = field(default_factory=dict)
+    metadata_failures: dict[str, int] = field(default_factory=dict)
     planned_failures: list[PlannedFailure] = field(default_factory=list)
 
     def latency_for(self, name: str, default: float) -> float:
@@ -115,6 +129,9 @@ class Faults:
             "close_after_requests": self.close_after_requests,
             "connection_faults_on_control_plane": self.connection_faults_on_control_plane,
             "metadata_overrides": copy.deepcopy(self.metadata_overrides),
+            "token_answer_override": copy.deepcopy(self.token_answer_override),
+            "token_answer_raw": dict(self.token_answer_raw),
+            "metadata_failures": dict(self.metadata_failures),
             "planned_failures": [p.as_dict() for p in self.planned_failures],
         }
 
@@ -195,6 +212,37 @@ def _set_metadata_overrides(faults: Faults, value: object) -> None:
     faults.metadata_overrides = {name: copy.deepcopy(dict(patch)) for name, patch in value.items()}
 
 
+def _token_answers(key: str, value: object, *, text: bool) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(kind in TOKEN_ANSWER_KINDS for kind in value):
+        raise FaultsError(f"{key} must be an object keyed by {', '.join(TOKEN_ANSWER_KINDS)}, got {value!r:.200}")
+    if text and not all(isinstance(body, str) for body in value.values()):
+        raise FaultsError(f"{key} values must be the body text to answer")
+    return {kind: copy.deepcopy(patch) for kind, patch in value.items() if patch is not None}
+
+
+def _set_token_answer_override(faults: Faults, value: object) -> None:
+    faults.token_answer_override = _token_answers("token_answer_override", value, text=False)
+
+
+def _set_token_answer_raw(faults: Faults, value: object) -> None:
+    faults.token_answer_raw = _token_answers("token_answer_raw", value, text=True)
+
+
+def _set_metadata_failures(faults: Faults, value: object) -> None:
+    if value is None:
+        faults.metadata_failures = {}
+        return
+    if not isinstance(value, Mapping) or not all(
+        isinstance(name, str) and status in FAILURE_STATUSES for name, status in value.items()
+    ):
+        raise FaultsError(
+            f"metadata_failures must be an object of endpoint name -> one of {FAILURE_STATUSES}, got {value!r}"
+        )
+    faults.metadata_failures = dict(value)
+
+
 def merge_patch(target: object, patch: object) -> object:
     """RFC 7386 JSON merge patch: objects merge member by member, null removes, anything else replaces."""
     if not isinstance(patch, Mapping):
@@ -224,5 +272,8 @@ _SETTERS: dict[str, _Setter] = {
     "close_after_requests": _set_close_after_requests,
     "connection_faults_on_control_plane": _set_bool("connection_faults_on_control_plane"),
     "metadata_overrides": _set_metadata_overrides,
+    "token_answer_override": _set_token_answer_override,
+    "token_answer_raw": _set_token_answer_raw,
+    "metadata_failures": _set_metadata_failures,
     "planned_failures": _set_planned_failures,
 }

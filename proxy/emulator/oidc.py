@@ -5,6 +5,8 @@ Request handling order for the token endpoint (each step can answer an OAuth err
 2. Content-Type must be ``application/x-www-form-urlencoded``; the body must be at most 64 KiB of
    UTF-8 with no repeated parameter -> else 400 ``invalid_request``.
 3. ``grants.decide`` picks the grant (or the error); the token is minted with the current TTL knob.
+4. The answer (a grant's or an error's) goes out through the ``token_answer_raw`` / ``token_answer_override``
+   knobs of its kind (``workspace``, ``data_plane`` or ``error``), for hostile-answer tests.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from proxy.emulator.faults import merge_patch
 from proxy.emulator.grants import (
     CLIENT_CREDENTIALS,
     JWT_BEARER,
@@ -23,10 +26,11 @@ from proxy.emulator.grants import (
     OAuthError,
     decide,
 )
-from proxy.emulator.responses import json_response, oauth_error
+from proxy.emulator.responses import JSON, json_response
 from proxy.emulator.state import EmulatorState
 
 FORM = "application/x-www-form-urlencoded"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 MAX_FORM_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 64
 
@@ -85,14 +89,25 @@ class Oidc:
         """``POST /oidc/v1/token``; see the module rules."""
         state = self._state
         try:
-            grant_response = await self._grant(request)
+            kind, grant_response = await self._grant(request)
         except OAuthError as err:
             state.counters.grant_failed(err.error)
-            headers = {"WWW-Authenticate": 'Basic realm="oidc"'} if err.status == 401 else None
-            return oauth_error(err.status, err.error, err.description, headers=headers)
-        return json_response(grant_response, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+            headers = {"WWW-Authenticate": 'Basic realm="oidc"'} if err.status == 401 else {}
+            error = {"error": err.error, "error_description": err.description}
+            return self._answer("error", err.status, error, headers)
+        return self._answer(kind, 200, grant_response, {})
 
-    async def _grant(self, request: web.Request) -> dict[str, Any]:
+    def _answer(self, kind: str, status: int, doc: dict[str, Any], headers: dict[str, str]) -> web.Response:
+        """Rule 4: the answer as the knobs for ``kind`` have it."""
+        faults = self._state.faults
+        raw = faults.token_answer_raw.get(kind)
+        if raw is not None:
+            return web.Response(status=status, text=raw, content_type=JSON, headers={**NO_STORE, **headers})
+        patch = faults.token_answer_override.get(kind)
+        body = doc if patch is None else merge_patch(doc, patch)
+        return json_response(body, status=status, headers={**NO_STORE, **headers})
+
+    async def _grant(self, request: web.Request) -> tuple[str, dict[str, Any]]:
         state = self._state
         if state.faults.token_latency > 0:
             await asyncio.sleep(state.faults.token_latency)
@@ -123,7 +138,7 @@ class Oidc:
         }
         if grant.authorization_details:
             response["authorization_details"] = list(grant.authorization_details)
-        return response
+        return grant.kind, response
 
     def _context(self, now: float) -> GrantContext:
         state = self._state

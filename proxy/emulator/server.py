@@ -347,6 +347,12 @@ class Emulator:
         else:
             loop.call_soon_threadsafe(self._spawn, self._serve(sock, "data_plane"))
 
+    def set_client_secret(self, client_id: str, secret: str) -> None:
+        """From now on ``client_id`` authenticates with ``secret`` (an admin fixing or rotating a principal)."""
+        if not client_id or not secret:
+            raise ValueError("client_id and secret must be non-empty")
+        self.settings.clients[client_id] = secret
+
     def revoke_all_tokens(self) -> None:
         """Every token minted so far stops working (401 everywhere, ``invalid_grant`` as assertion)."""
         self._require_state().authority.revoke_all()

@@ -19,7 +19,7 @@ from aiohttp import web
 from proxy.emulator.access import Denial, check_workspace
 from proxy.emulator.endpoints import CREATOR, Incarnation
 from proxy.emulator.faults import merge_patch
-from proxy.emulator.responses import databricks_error, json_response
+from proxy.emulator.responses import databricks_error, error_code_for, json_response
 from proxy.emulator.state import EmulatorState
 from proxy.emulator.tokens import TokenClaims
 
@@ -164,6 +164,10 @@ class WorkspaceApi:
         claims = self._authenticate(request)
         if isinstance(claims, web.Response):
             return claims
+        failure = self._state.faults.metadata_failures.get(name)
+        if failure is not None:
+            headers = {"Retry-After": "1"} if failure == 429 else None
+            return databricks_error(failure, error_code_for(failure), "planned failure", headers=headers)
         incarnation = self._state.registry.get(name)
         if incarnation is None:
             return databricks_error(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint with name '{name}' does not exist.")

@@ -179,7 +179,9 @@ class UpstreamConnection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status < 200:
             if status != 100:
-                self._fail(UpstreamUnreachable(f"upstream {self._pool.host} answered {status}, not a final answer"))
+                self._fail(
+                    UpstreamUnreachable(f"upstream {self._pool.host} answered HTTP {status}, not a final response")
+                )
             self._skipping = True
             return
         self._head_seen = True

@@ -18,6 +18,8 @@ from multidict import CIMultiDict
 from proxy.errors import ConnectFailed, UpstreamTimeout, UpstreamUnreachable
 from proxy.upstream.pool import ConnectAttempt, ConnectObserver, Timeouts, _ignore_connect
 
+MAX_CONTROL_PLANE_BYTES = 1 << 20  # token and metadata answers are a few KiB; anything larger is refused
+
 
 def connect_result(exc: BaseException) -> str | None:
     """The `ConnectAttempt.result` for an aiohttp exception, or None if it is not a connect failure."""
@@ -47,7 +49,8 @@ def translate_errors(url: str) -> Iterator[None]:
 
 
 class ControlPlane:
-    """Whole small answers from the workspace `host`: `fetch` returns (status, headers, body)."""
+    """Whole small answers from the workspace `host`: `fetch` returns (status, headers, body), at most
+    MAX_CONTROL_PLANE_BYTES of body (a larger answer is UpstreamUnreachable, and is not read further)."""
 
     def __init__(
         self,
@@ -92,7 +95,13 @@ class ControlPlane:
             async with self._client().request(
                 method, url, headers=headers, data=body, allow_redirects=False
             ) as response:
-                return response.status, CIMultiDict(response.headers), await response.read()
+                answer = bytearray()
+                async for chunk in response.content.iter_any():
+                    answer += chunk
+                    if len(answer) > MAX_CONTROL_PLANE_BYTES:  # not read further; the connection is dropped
+                        response.close()
+                        raise UpstreamUnreachable(f"{self.host} answered over {MAX_CONTROL_PLANE_BYTES} bytes")
+                return response.status, CIMultiDict(response.headers), bytes(answer)
 
     @contextlib.contextmanager
     def _observe_connect_failure(self) -> Iterator[None]:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from cachetools import LRUCache
 
 from proxy.credentials import schedule
+from proxy.credentials.targets import token_kind
 from proxy.endpoints import MAX_CACHED, Resolution
 from proxy.workers.channel import Message
 from proxy.workers.wire import key_to_wire, resolution_from_wire, resolution_to_wire, token_from_wire
@@ -108,32 +109,46 @@ class RemoteToken:
 
 
 class RemoteCredentials:
-    """The worker's tokens by credential (a `TokenSources`), filled by the parent."""
+    """The worker's tokens by credential (a `TokenSources`), filled by the parent.
 
-    def __init__(self, parent: Parent, *, clock: Callable[[], float] = time.time) -> None:
+    `for_target` refuses what `Credentials.for_target` refuses (`targets.token_kind`: the workspace token
+    only to the workspace, data-plane tokens only over https), checked once per URL.
+    """
+
+    def __init__(self, parent: Parent, *, workspace_url: str = "", clock: Callable[[], float] = time.time) -> None:
         self._parent = parent
         self._clock = clock
+        self.workspace_url = workspace_url  # set once the parent's settings are known
         self.workspace = RemoteToken(parent, "", None, clock=clock)
         self._data_plane: dict[tuple[str, str], RemoteToken] = {}
+        self._workspace_urls: set[str] = set()  # URLs checked for the workspace token
 
     def __repr__(self) -> str:
         return f"RemoteCredentials(workspace={self.workspace!r}, data_plane={len(self._data_plane)})"
 
     def for_target(self, url: str, authorization_details: str | None, *, label: str) -> RemoteToken:
+        """BadMetadata when no token may go to `url`; nothing is asked for or sent then."""
         if authorization_details is None:
+            if url not in self._workspace_urls:
+                token_kind(url, None, self.workspace_url)
+                if len(self._workspace_urls) > MAX_CACHED:
+                    self._workspace_urls.clear()
+                self._workspace_urls.add(url)
             return self.workspace
-        key = (url, authorization_details)
-        found = self._data_plane.get(key)
+        found = self._data_plane.get((url, authorization_details))
         if found is None:
-            found = self._data_plane[key] = RemoteToken(
-                self._parent, url, authorization_details, label=label, clock=self._clock
-            )
+            token_kind(url, authorization_details, self.workspace_url)
+            found = self._entry((url, authorization_details), label)
         return found
 
     def update(self, key: tuple[str, str] | None, access_token: str, expires_at: float) -> None:
-        """The parent obtained a token (rule 1)."""
-        url, details = key if key is not None else ("", None)
-        self.for_target(url, details, label="").update(access_token, expires_at)
+        """The parent obtained a token (rule 1); it has checked where that token may go."""
+        entry = self.workspace if key is None else self._data_plane.get(key) or self._entry(key, "")
+        entry.update(access_token, expires_at)
+
+    def _entry(self, key: tuple[str, str], label: str) -> RemoteToken:
+        entry = self._data_plane[key] = RemoteToken(self._parent, key[0], key[1], label=label, clock=self._clock)
+        return entry
 
     def forget(self, key: tuple[str, str]) -> None:
         """The parent stopped refreshing this credential (its endpoint was recreated or deleted)."""

@@ -88,7 +88,9 @@ class Workers:
         count: int | None = None,
         restarts: Restarts | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[], object] = lambda: None,
     ) -> None:
+        """`on_change` runs whenever a worker starts or stops serving (readiness follows it)."""
         self.settings = settings
         self.authority = authority
         self.count = count or settings.workers
@@ -99,6 +101,7 @@ class Workers:
         self._acceptor: Acceptor | None = None
         self._retired: Snapshot = {}
         self._stopping = False
+        self._on_change = on_change
         authority.broadcast = self.broadcast
 
     def __repr__(self) -> str:
@@ -232,7 +235,7 @@ class Workers:
             await self._spawn(slot)
 
     def _forget(self, slot: _Slot) -> None:
-        slot.serving = False
+        was_serving, slot.serving = slot.serving, False
         slot.channel = None
         if self._acceptor is not None:
             self._acceptor.update()
@@ -241,6 +244,8 @@ class Workers:
             slot.handoff = None
         self._retired = combine([self._retired, totals_only(slot.latest)])
         slot.latest = {}
+        if was_serving:
+            self._on_change()
 
     def _on_note(self, slot: _Slot, op: str, message: Message) -> None:
         if op == "serving":
@@ -248,6 +253,7 @@ class Workers:
             if self._acceptor is not None:
                 self._acceptor.update()
             log.info("HTTP worker %d serving (pid %s)", slot.index, message.get("pid"))
+            self._on_change()
         elif op == "metrics":
             slot.latest = snapshot_from_wire(message.get("snapshot"))
         else:

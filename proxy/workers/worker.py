@@ -12,7 +12,8 @@ a fresh interpreter, so no event loop, thread or gRPC state is inherited. Rules:
    in flight get `grace` s), the pools close, and it exits 0.
 4. The parent gone (the channel closes without a stop): it exits at once with code 1, cutting requests in
    flight. A worker never serves without its authority, and none outlives the sidecar.
-5. SIGINT is ignored (a terminal's Ctrl-C reaches the whole process group; the parent leads the drain).
+5. SIGINT and SIGHUP are ignored (a terminal's Ctrl-C reaches the whole process group; the parent leads
+   the drain and reloads the credentials).
    A SIGTERM sent to one worker drains it like a stop with `drain_timeout`; the parent starts another.
 """
 
@@ -73,6 +74,7 @@ class Worker:
     def build(self, settings: Settings) -> HttpFront:
         """Rule 1: the data path of one process, on the mirror."""
         assert self.resolver is not None and self.credentials is not None
+        self.credentials.workspace_url = settings.host
         self.metrics = metrics = Metrics()
         self.pools = assembly.upstream(settings, metrics, build_ssl_context(settings.ca_bundle))
         observer = assembly.RequestObserver(settings, metrics, self.resolver)
@@ -194,6 +196,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # rule 5
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # credentials are the parent's to reload
     logs.reseed_request_ids()  # a fresh interpreter has its own prefix already; this keeps it so however started
     logs.configure(worker=args.index)
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None

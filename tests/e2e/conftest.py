@@ -62,7 +62,8 @@ async def emu() -> AsyncIterator[Emulator]:
 async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
     """`await launch(*extra_args)`: a ready sidecar subprocess; killed at the end if still running.
 
-    `ready=False` returns as soon as it is started; `env` adds to (or, with None values, removes from) its environment.
+    `env` adds to (or, with None values, removes from) its environment; `ready=False` returns once the
+    admin listener answers, ready or not.
     """
     ca_file = emu.write_ca(tmp_path / "ca.pem")
     started: list[SidecarProcess] = []
@@ -76,6 +77,7 @@ async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
             "DATABRICKS_CLIENT_ID": emu.client_id,
             "DATABRICKS_CLIENT_SECRET": emu.client_secret,
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         for key, value in (env or {}).items():
             environ.pop(key, None)
@@ -100,8 +102,7 @@ async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
             process = subprocess.Popen(args, env=environ, stdout=sink, stderr=subprocess.STDOUT)  # noqa: ASYNC220
         sidecar = SidecarProcess(process, http_port, admin_port, output)
         started.append(sidecar)
-        if ready:
-            await _wait_ready(sidecar)
+        await _wait_ready(sidecar, statuses=(200,) if ready else (200, 503))
         return sidecar
 
     yield start
@@ -111,14 +112,14 @@ async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
             await asyncio.to_thread(sidecar.process.wait, 10)
 
 
-async def _wait_ready(sidecar: SidecarProcess) -> None:
+async def _wait_ready(sidecar: SidecarProcess, statuses: tuple[int, ...] = (200,)) -> None:
     deadline = time.monotonic() + READY_WITHIN
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             assert sidecar.process.poll() is None, f"sidecar exited early:\n{sidecar.log()}"
             try:
                 async with session.get(sidecar.url("/readyz", "admin")) as resp:
-                    if resp.status == 200:
+                    if resp.status in statuses:
                         return
             except aiohttp.ClientError:
                 pass  # not listening yet

@@ -106,10 +106,10 @@ async def test_when_the_budget_is_spent_the_upstreams_own_answer_goes_back(
     assert status == 429
     assert headers["Retry-After"] == "60"
     assert b"REQUEST_LIMIT_EXCEEDED" in body
-    emu.fail_next(5, 503, endpoint="fraud-ro")
+    emu.fail_next(6, 503, endpoint="fraud-ro")
     status, _, _ = await call(client, sidecar)
     assert status == 503
-    assert statuses(emu) == {"429": 1, "503": 3}  # 3 sends in all, then the upstream's 503
+    assert statuses(emu) == {"429": 1, "503": 5}  # 5 sends in all (the default), then the upstream's 503
 
 
 # --- no duplicate inference --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from proxy._proto.servingsidecar.v1 import serving_proxy_pb2_grpc as pb_grpc
 from proxy.app import Sidecar
 from proxy.config import MAX_BODY_BYTES
 from proxy.emulator import Emulator
+from proxy.errors import ConfigError
 from tests.integration.conftest import SidecarFactory, sidecar_settings, url
 
 RECORDS = {"dataframe_records": [{"a": 1, "b": 2.5}, {"a": 10, "b": -1}]}
@@ -295,7 +296,9 @@ async def test_a_taken_grpc_port_fails_the_start(emu: Emulator, sidecar: Sidecar
     emu.write_ca(ca_file)
     second = Sidecar(sidecar_settings(emu, ca_file, grpc_listen=f"127.0.0.1:{port}"))
     try:
-        with pytest.raises(OSError, match="grpc-listen"):
+        with pytest.raises(
+            ConfigError, match=f"grpc-listen: cannot listen on 127.0.0.1:{port}: Address already in use"
+        ):
             await second.start()  # fails instead of silently sharing the port (SO_REUSEPORT is off)
     finally:
         await second.stop()

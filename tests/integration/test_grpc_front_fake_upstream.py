@@ -22,6 +22,7 @@ from proxy.downstream.grpc import GrpcFront
 from proxy.errors import NoCredential, SidecarError
 from proxy.forwarding import Invocation, default_headers
 from proxy.metrics import Metrics
+from proxy.readiness import Health, Readiness
 from tests.unit.test_grpc_mapping import ISSUE_TABLE
 
 
@@ -83,7 +84,8 @@ class Harness:
 async def harness() -> AsyncIterator[Harness]:
     forwarder = FakeForwarder()
     metrics = Metrics()
-    front = GrpcFront(forwarder, lambda record: metrics.observe_request(record, record.endpoint), lambda: True)
+    readiness = Readiness(lambda: Health(started=True, listening=True, credential_ok=True, draining=False))
+    front = GrpcFront(forwarder, lambda record: metrics.observe_request(record, record.endpoint), readiness)
     port = await front.start(Address("127.0.0.1", 0))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:

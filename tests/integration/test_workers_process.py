@@ -27,8 +27,7 @@ async def test_only_the_passed_descriptors_are_inherited() -> None:
     passed_r, passed_w = os.pipe()
     other_r, other_w = os.pipe()
     script = (
-        f"import os, sys\nos.write({passed_w}, b'ok')\n"
-        f"try:\n    os.fstat({other_w})\nexcept OSError:\n    sys.exit(7)"
+        f"import os, sys\nos.write({passed_w}, b'ok')\ntry:\n    os.fstat({other_w})\nexcept OSError:\n    sys.exit(7)"
     )
     child = Child.spawn([sys.executable, "-c", script], env=os.environ, pass_fds=[passed_w])
     assert await child.wait() == 7

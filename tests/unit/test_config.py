@@ -109,7 +109,7 @@ def test_operations_options_defaults_and_overrides(tmp_path: Path) -> None:
     [
         ({"SERVING_SIDECAR_LOG_FORMAT": "xml"}, "SERVING_SIDECAR_LOG_FORMAT: must be one of text, json"),
         ({"SERVING_SIDECAR_LOG_LEVEL": "loud"}, "must be one of debug, info, warning, error"),
-        ({"SERVING_SIDECAR_DRAIN_TIMEOUT": "-1"}, "drain-timeout: must be zero or more"),
+        ({"SERVING_SIDECAR_DRAIN_TIMEOUT": "-1"}, "SERVING_SIDECAR_DRAIN_TIMEOUT: must be zero or more"),
     ],
 )
 def test_operations_options_are_validated(tmp_path: Path, env: dict[str, str], message: str) -> None:

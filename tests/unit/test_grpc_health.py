@@ -95,3 +95,19 @@ async def test_watch_of_an_unknown_service() -> None:
     health.shut_down()
     with pytest.raises(StopAsyncIteration):
         await anext(watch)
+
+
+async def test_check_and_a_new_watch_refresh_the_status_first() -> None:
+    ready = [False]
+    health: HealthService
+
+    def refresh() -> None:
+        health.set(ready[0])
+
+    health = HealthService([SERVICE], refresh=refresh)
+    assert await check(health) == NOT_SERVING
+    ready[0] = True  # changed, and nobody called set(): the Check itself recomputes
+    assert await check(health) == SERVING
+    ready[0] = False
+    watch = health.Watch(request(SERVICE), FakeContext())
+    assert await next_status(watch) == NOT_SERVING

@@ -179,3 +179,31 @@ def test_access_record_line(captured: tuple[logging.Logger, io.StringIO]) -> Non
 def test_access_path_drops_query_and_bounds_length() -> None:
     assert logs.access_path("/serving-endpoints/a/invocations?token=x") == "/serving-endpoints/a/invocations"
     assert len(logs.access_path("/" + "a" * 1000)) == 200
+
+
+def test_untrusted_text_is_short_one_line_and_redacted() -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzcCJ9.c2lnbmF0dXJlc2lnbmF0dXJl"
+    text = f"bad request\r\nBearer abcdefgh12345678 {jwt} client_secret=hunter22hunter22 " + "z" * 5_000_000
+    shown = logs.untrusted_text(text)
+    assert len(shown) < logs.UNTRUSTED_TEXT_LIMIT + 50 and shown.endswith(f"({len(text)} characters, cut)")
+    assert "\n" not in shown and "\r" not in shown
+    for secret in ("abcdefgh12345678", jwt, "hunter22hunter22"):
+        assert secret not in shown
+
+
+def test_untrusted_text_redacts_a_credential_that_straddles_the_cut() -> None:
+    basic = "QWxhZGRpbjpvcGVuIHNlc2FtZQ" * 20  # a long Basic value starting just before the limit
+    text = "x" * (logs.UNTRUSTED_TEXT_LIMIT - 20) + f" Basic {basic}"
+    shown = logs.untrusted_text(text)
+    assert "QWxhZGRp" not in shown and "Basic [REDACTED]" in shown
+
+
+def test_untrusted_text_keeps_short_text_as_is() -> None:
+    assert logs.untrusted_text("Client authentication failed") == "Client authentication failed"
+
+
+def test_secrets_added_later_are_redacted(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = captured
+    logs.add_secrets(["rotated-secret-value"])
+    logger.warning("oops rotated-secret-value")
+    assert "rotated-secret-value" not in stream.getvalue()

@@ -22,6 +22,7 @@ def worker(requests: int, open_connections: int) -> Metrics:
     metrics = Metrics()
     served(metrics, "http", 200, 0.002, requests)
     metrics.observe_exchange(UpstreamExchange("e", 200, 0.001, 0.002, True))
+    metrics.observe_retry("e", "throttled")
     metrics.watch_in_flight("http", lambda: 1)
     metrics.watch_pools(lambda: [PoolStats("h:443", open=open_connections, idle=1)])
     return metrics
@@ -87,8 +88,10 @@ def test_an_exited_worker_leaves_its_totals_but_not_its_gauges() -> None:
     again = combine([retired, totals_only(sent(worker(2, 1)))])
     (total,) = [v for name, _, v in again["serving_sidecar_requests"] if name == "serving_sidecar_requests_total"]
     assert total == 7
-    created = [v for name, _, v in again["serving_sidecar_requests"] if name == "serving_sidecar_requests_created"]
-    assert created == [min(v for name, _, v in gone["serving_sidecar_requests"] if name.endswith("_created"))]
+    retries = again["serving_sidecar_retries"]
+    assert [v for name, _, v in retries if name == "serving_sidecar_retries_total"] == [2]
+    created = [v for name, _, v in retries if name == "serving_sidecar_retries_created"]  # the earliest is kept
+    assert created == [min(v for name, _, v in gone["serving_sidecar_retries"] if name.endswith("_created"))]
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,14 @@ def test_backoff_is_exponential_and_capped(failures: int, expected: float) -> No
     assert schedule.backoff(failures, jitter=1.0) == expected
 
 
-def test_configuration_errors_back_off_slowly() -> None:
-    assert schedule.backoff(1, configuration_error=True, jitter=1.0) == schedule.CONFIG_ERROR_BACKOFF
+@pytest.mark.parametrize(("failures", "expected"), [(1, 5), (2, 10), (3, 20), (4, 30), (1000, 30)])
+def test_configuration_errors_start_slower_and_are_capped_at_30_s(failures: int, expected: float) -> None:
+    assert schedule.backoff(failures, configuration_error=True, jitter=1.0) == expected
     assert 0.9 <= schedule.backoff(1) <= 1.1
+
+
+def test_the_cap_holds_with_jitter() -> None:
+    """A fixed principal is picked up within 30 s: jitter never pushes a configuration-error wait past it."""
+    assert max(schedule.backoff(9, configuration_error=True) for _ in range(200)) <= 30.0
+    assert schedule.backoff(9, configuration_error=True, jitter=1.1) == 30.0
+    assert schedule.backoff(9, jitter=1.1) == 60.0

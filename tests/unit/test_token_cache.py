@@ -184,3 +184,76 @@ async def test_discarding_an_entry_does_not_cancel_its_waiters() -> None:
     await cache.discard("k")
     server.gate.set()
     assert await waiter == "tok-1"
+
+
+async def test_on_change_follows_fetches_failures_and_invalidation() -> None:
+    clock = Clock()
+    server = FakeTokenServer(clock)
+    changes: list[bool] = []
+    token = RefreshingToken(server.fetch, kind="workspace", clock=clock, on_change=lambda: changes.append(True))
+    await token.get()
+    assert len(changes) == 1 and token.usable_until == clock.now + 600 - 40
+    token.invalidate("tok-1")
+    assert len(changes) == 2 and token.usable_until is None
+    server.error = TokenError("temporarily_unavailable", "outage")
+    with pytest.raises(NoCredential):
+        await token.get()
+    assert len(changes) == 3
+
+
+async def test_retry_now_ends_a_failure_backoff_and_says_whether_there_was_one() -> None:
+    server = FakeTokenServer(Clock())
+    server.clock = __import__("time").time
+    token = RefreshingToken(server.fetch, kind="workspace")
+    assert token.retry_now() is False
+    server.error = TokenError("invalid_client", "wrong secret", status=401)
+    token.start()
+    try:
+        for _ in range(200):
+            if token.last_error is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert token.next_refresh_delay() >= 4.5  # a configuration error waits 5 s (+-10%) ...
+        server.error = None
+        assert token.retry_now() is True  # ... unless told the secret changed
+        for _ in range(200):
+            if token.is_usable():
+                break
+            await asyncio.sleep(0.01)
+        assert token.is_usable() and server.fetches == 2
+    finally:
+        await token.close()
+
+
+async def test_refresh_now_fetches_even_with_a_good_token_and_keeps_it_on_failure() -> None:
+    server = FakeTokenServer(Clock())
+    server.clock = __import__("time").time
+    token = RefreshingToken(server.fetch, kind="workspace")
+    token.start()
+    try:
+        assert await token.get() == "tok-1"
+        server.error = TokenError("invalid_client", "the new secret is wrong", status=401)
+        token.refresh_now()
+        for _ in range(200):
+            if server.fetches == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert server.fetches == 2 and token.last_error is not None
+        assert await token.get() == "tok-1"  # still usable: a failed refresh keeps it
+    finally:
+        await token.close()
+
+
+async def test_the_cache_retries_only_its_failed_entries() -> None:
+    clock = Clock()
+    good, bad = FakeTokenServer(clock), FakeTokenServer(clock)
+    bad.error = TokenError("invalid_authorization_details", "no such endpoint")
+    cache = TokenCache()
+    entries = [cache.get_or_create(name, lambda s=s: make(s, clock)) for name, s in (("g", good), ("b", bad))]
+    try:
+        await entries[0].get()
+        with pytest.raises(NoCredential):
+            await entries[1].get()
+        assert cache.retry_now() == 1
+    finally:
+        await cache.close()

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from proxy.endpoints import Resolution
-from proxy.errors import EndpointNotFound, NoCredential
+from proxy.errors import BadMetadata, EndpointNotFound, NoCredential
 from proxy.workers.mirror import RemoteCredentials, RemoteResolver
 from proxy.workers.wire import error_to_wire, resolution_to_wire, token_to_wire
 
+WORKSPACE = "https://w.example.com"
 FRAUD = Resolution("fraud-ro", "id-1", "https://h1/x/invocations", '[{"type":"t"}]', True)
 HOUR = 3600.0
 
@@ -100,7 +101,7 @@ async def test_recheck_asks_the_parent_and_keeps_what_it_found() -> None:
 
 async def test_a_missing_token_is_asked_for_once_and_then_served_from_memory() -> None:
     parent = FakeParent({"token": {"token": token_to_wire("dp-1", time.time() + HOUR)}})
-    credentials = RemoteCredentials(parent)
+    credentials = RemoteCredentials(parent, workspace_url=WORKSPACE)
     source = credentials.for_target(FRAUD.url, FRAUD.authorization_details, label="fraud-ro")
     assert source.peek() is None
     assert await asyncio.gather(*(source.get() for _ in range(4))) == ["dp-1"] * 4
@@ -113,7 +114,17 @@ async def test_a_missing_token_is_asked_for_once_and_then_served_from_memory() -
     assert (
         source.peek() == "dp-1" and credentials.for_target(FRAUD.url, FRAUD.authorization_details, label="") is source
     )
-    assert credentials.for_target(FRAUD.url, None, label="x") is credentials.workspace
+    assert credentials.for_target(f"{WORKSPACE}/serving-endpoints/x/invocations", None, label="x") is (
+        credentials.workspace
+    )
+
+
+def test_tokens_go_only_where_a_single_process_would_send_them() -> None:
+    credentials = RemoteCredentials(FakeParent({}), workspace_url=WORKSPACE)
+    with pytest.raises(BadMetadata, match="workspace token"):
+        credentials.for_target("https://elsewhere.example/serving-endpoints/x/invocations", None, label="x")
+    with pytest.raises(BadMetadata, match="only over https"):
+        credentials.for_target("http://h1/x/invocations", '[{"type":"t"}]', label="x")
 
 
 async def test_a_token_close_to_expiry_is_not_used() -> None:

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 
 from proxy.emulator import Emulator
+from proxy.emulator.grants import JWT_BEARER
 
-from .conftest import bearer, data_plane_token, invoke, post_token, workspace_token
+from .conftest import basic, bearer, data_plane_token, invoke, post_token, workspace_token
 
 BODY = {"inputs": [1]}
 
@@ -220,6 +221,64 @@ async def test_metadata_overrides_patch_the_metadata_answer(emulator: Emulator, 
     await _admin(client, emulator, "faults", {"metadata_overrides": None})
     async with client.get(url, headers=headers) as resp:
         assert (await resp.json())["state"]["ready"] == "READY"
+
+
+async def test_token_answer_override_patches_answers_by_kind(emulator: Emulator, client: aiohttp.ClientSession) -> None:
+    patch = {"workspace": {"expires_in": -5, "scope": None}, "error": {"error_description": "patched"}}
+    status, faults = await _admin(client, emulator, "faults", {"token_answer_override": patch})
+    assert (status, faults["token_answer_override"]) == (200, patch)
+    cp_form = {"grant_type": "client_credentials", "scope": "all-apis"}
+    status, body = await post_token(client, emulator, cp_form, basic(emulator.client_id, emulator.client_secret))
+    assert status == 200 and body["expires_in"] == -5 and "scope" not in body and body["access_token"]
+    status, body = await post_token(client, emulator, cp_form, basic(emulator.client_id, "wrong"))
+    assert (status, body["error"], body["error_description"]) == (401, "invalid_client", "patched")
+    emulator.faults.token_answer_override = {"data_plane": {"expires_in": float("nan")}}
+    async with client.post(
+        emulator.token_endpoint,
+        data={
+            "grant_type": JWT_BEARER,
+            "assertion": await workspace_token(client, emulator),
+            "authorization_details": emulator.authorization_details("fraud-ro"),
+        },
+    ) as resp:
+        assert b'"expires_in":NaN' in await resp.read()
+    for bad in ({"nope": {}}, ["workspace"], {"workspace": {"x": 1}, "other": 1}):
+        status, body = await _admin(client, emulator, "faults", {"token_answer_override": bad})
+        assert (status, body["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+    await _admin(client, emulator, "faults", {"token_answer_override": None})
+    assert emulator.faults.token_answer_override == {}
+
+
+async def test_token_answer_raw_answers_the_exact_text(emulator: Emulator, client: aiohttp.ClientSession) -> None:
+    raw = '{"access_token": null, "token_type": "Bearer", "expires_in": 3600}'
+    status, _ = await _admin(client, emulator, "faults", {"token_answer_raw": {"workspace": raw}})
+    assert status == 200
+    form = {"grant_type": "client_credentials", "scope": "all-apis"}
+    async with client.post(
+        emulator.token_endpoint, data=form, headers=basic(emulator.client_id, emulator.client_secret)
+    ) as resp:
+        assert (resp.status, await resp.text()) == (200, raw)
+    status, body = await _admin(client, emulator, "faults", {"token_answer_raw": {"workspace": 3}})
+    assert (status, body["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+    await _admin(client, emulator, "faults", {"token_answer_raw": None})
+    assert await workspace_token(client, emulator)
+
+
+async def test_the_accepted_client_secret_can_change_at_run_time(
+    emulator: Emulator, client: aiohttp.ClientSession
+) -> None:
+    form = {"grant_type": "client_credentials", "scope": "all-apis"}
+    status, _ = await post_token(client, emulator, form, basic(emulator.client_id, "fixed-secret-1"))
+    assert status == 401
+    status, body = await _admin(client, emulator, f"clients/{emulator.client_id}", {"secret": "fixed-secret-1"})
+    assert (status, body) == (200, {"client_id": emulator.client_id})
+    status, _ = await post_token(client, emulator, form, basic(emulator.client_id, "fixed-secret-1"))
+    assert status == 200 and emulator.client_secret == "fixed-secret-1"
+    emulator.set_client_secret(emulator.client_id, "fixed-secret-2")
+    status, _ = await post_token(client, emulator, form, basic(emulator.client_id, "fixed-secret-1"))
+    assert status == 401
+    status, body = await _admin(client, emulator, f"clients/{emulator.client_id}", {"secret": ""})
+    assert (status, body["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
 
 
 # --- endpoint recreation ------------------------------------------------------------------------

@@ -28,6 +28,8 @@ def test_patch_is_a_merge() -> None:
         {"close_after_requests": 1.5},
         {"planned_failures": [{"status": 429}]},
         {"dp_token_ttl": float("nan")},
+        {"metadata_failures": {"fraud-ro": 404}},
+        {"metadata_failures": ["fraud-ro"]},
     ],
 )
 def test_bad_patches_change_nothing(patch: dict[str, object]) -> None:
@@ -36,6 +38,15 @@ def test_bad_patches_change_nothing(patch: dict[str, object]) -> None:
     with pytest.raises(FaultsError):
         apply_patch(faults, {"token_outage": True, **patch})
     assert faults.as_dict() == before
+
+
+def test_metadata_failures_are_replaced_whole_and_cleared_by_null() -> None:
+    faults = Faults()
+    apply_patch(faults, {"metadata_failures": {"a": 429, "b": 503}})
+    apply_patch(faults, {"metadata_failures": {"c": 500}})
+    assert faults.as_dict()["metadata_failures"] == {"c": 500}
+    apply_patch(faults, {"metadata_failures": None})
+    assert faults.metadata_failures == {}
 
 
 def test_planned_failures_are_fifo_and_endpoint_bound() -> None:
