@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.config import Address, Settings
-from proxy.errors import SidecarError
+from proxy.errors import ConfigError, SidecarError
 from proxy.metrics import Snapshot, combine, snapshot_from_wire, totals_only
 from proxy.workers.authority import Authority
 from proxy.workers.channel import Channel, Message
@@ -85,7 +85,6 @@ class Workers:
         settings: Settings,
         authority: Authority,
         *,
-        count: int | None = None,
         restarts: Restarts | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[], object] = lambda: None,
@@ -93,7 +92,7 @@ class Workers:
         """`on_change` runs whenever a worker starts or stops serving (readiness follows it)."""
         self.settings = settings
         self.authority = authority
-        self.count = count or settings.workers
+        self.count = settings.workers
         self.port = 0
         self._slots = [_Slot(index) for index in range(1, self.count + 1)]
         self._restarts = restarts or Restarts()
@@ -107,16 +106,15 @@ class Workers:
     def __repr__(self) -> str:
         return f"Workers(port={self.port}, slots={self._slots}, {self._restarts!r})"
 
-    @property
-    def pids(self) -> list[int]:
-        return [slot.process.pid for slot in self._slots if slot.process is not None]
-
     async def start(self, address: Address) -> int:
         """Rule 1: bind, then spawn the workers (they serve once each says so)."""
         self._acceptor = Acceptor(listen(address), self._slots)
         self.port = self._acceptor.port
-        for slot in self._slots:
-            await self._spawn(slot)
+        try:
+            for slot in self._slots:
+                await self._spawn(slot)
+        except OSError as error:
+            raise ConfigError(f"workers: cannot start a worker process ({sys.executable}): {error.strerror}") from None
         return self.port
 
     def problem(self) -> str | None:
@@ -125,7 +123,8 @@ class Workers:
             return f"workers are crash-looping ({LIMIT} exits within {WINDOW:.0f} s): restarts are held back"
         waiting = [str(slot.index) for slot in self._slots if not slot.serving]
         if waiting:
-            return f"HTTP worker {', '.join(waiting)} of {self.count} not serving yet"
+            plural = "s" if len(waiting) > 1 else ""
+            return f"HTTP worker{plural} {', '.join(waiting)} of {self.count} not serving yet"
         return None
 
     def broadcast(self, op: str, **fields: Any) -> None:
