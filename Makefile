@@ -29,6 +29,7 @@ run: venv
 lint: venv
 	$(BIN)/ruff check proxy tests scripts
 	$(BIN)/ruff format --check proxy tests scripts
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy

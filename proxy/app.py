@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from proxy import assembly
 from proxy.admin import build_admin_app
@@ -50,10 +52,14 @@ from proxy.upstream.control import ControlPlane
 from proxy.workers.authority import Authority
 from proxy.workers.supervisor import Workers
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 log = logging.getLogger("serving_sidecar")
 
 
 ADMIN = "admin"
+DESCRIPTORS_RECOVERY = 5.0  # seconds unready (and one log line) after accept() found no file descriptor
 ADMIN_GRACE = 1.0  # seconds for a probe or scrape in progress when the admin listener closes
 
 
@@ -98,6 +104,7 @@ class Sidecar:
             ssl_context=ssl_context,
             timeouts=assembly.timeouts(settings),
             on_connect=self.metrics.observe_connect,
+            egress_proxy=settings.egress_proxy,
         )
         self.oauth = OAuthClient(
             self.control.fetch,
@@ -136,10 +143,13 @@ class Sidecar:
         self.workers: Workers | None = None
         if settings.workers > 1:
             self.authority = Authority(self.resolver, self.credentials)
-            self.workers = Workers(settings, self.authority, on_change=self.readiness.current)
+            self.workers = Workers(
+                settings, self.authority, on_change=self.readiness.current, on_no_descriptors=self.out_of_descriptors
+            )
         self.metrics.watch_in_flight("http", lambda: self.http_front.in_flight)
         self.metrics.watch_in_flight("grpc", lambda: self.grpc_front.in_flight)
         self._listeners: dict[str, Listener] = {}
+        self._descriptors_out_at = -math.inf  # time.monotonic() of the last accept() without a descriptor
         # run once, synchronously, when draining starts: gRPC health turns NOT_SERVING at the same moment
         self.on_drain: list[Callable[[], None]] = [self.grpc_front.begin_draining]
         # run on POST /quitquitquit (admin listener): whoever runs the sidecar starts its graceful stop
@@ -191,8 +201,26 @@ class Sidecar:
             credential_ok=credential_ok,
             draining=self._draining,
             credential_error=None if error is None else f"{error.error}: {error.description}".rstrip(": "),
+            descriptors_ok=time.monotonic() - self._descriptors_out_at > DESCRIPTORS_RECOVERY,
             workers_problem=workers_problem,
         )
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Running out of file descriptors is a condition, not a bug: readiness says so, and one log line per
+        DESCRIPTORS_RECOVERY seconds instead of a traceback per refused accept. Anything else: the default."""
+        exc = context.get("exception")
+        if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
+            loop.default_exception_handler(context)
+            return
+        self.out_of_descriptors(exc)
+
+    def out_of_descriptors(self, exc: OSError) -> None:
+        """accept() found no file descriptor (here, or in the `--workers` acceptor): unready for a while."""
+        now = time.monotonic()
+        if now - self._descriptors_out_at > DESCRIPTORS_RECOVERY:
+            log.error("out of file descriptors (%s): new connections are refused; readiness is 503", exc.strerror)
+        self._descriptors_out_at = now
+        self.readiness.current()
 
     def port(self, name: str) -> int:
         """The bound port of listener `name` ("http", "grpc", "admin"): useful with port 0."""
@@ -200,6 +228,7 @@ class Sidecar:
 
     async def start(self) -> None:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
+        asyncio.get_running_loop().set_exception_handler(self._loop_exception)
         gather = None if self.workers is None else self.workers.gather
         admin = build_admin_app(self.health, self.metrics, on_quit=self.on_quit, gather=gather)
         await self._listen(ADMIN, admin, self.settings.admin_listen)
@@ -214,6 +243,7 @@ class Sidecar:
         self._listeners["grpc"] = self.grpc_front
         # One line once all are bound: a port in use is then the only line a failed start writes.
         log.info("listening: %s", ", ".join(f"{name} on {self._bound(name)}" for name in ("http", "grpc", ADMIN)))
+        _log_egress(self.settings)
         self.credentials.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._warm_configured()))
@@ -309,6 +339,18 @@ class Sidecar:
         await self.credentials.close()
         self.upstream.close()
         await self.control.close()
+
+
+def _log_egress(settings: Settings) -> None:
+    """Says where HTTPS upstream calls go: the proxy's address, never its credentials."""
+    proxy = settings.egress_proxy
+    if proxy is not None:
+        log.info(
+            "egress: HTTPS upstream calls tunnel through proxy %s%s; NO_PROXY: %s",
+            proxy,
+            " (with credentials)" if proxy.authorization else "",
+            ",".join(proxy.no_proxy) or "(none)",
+        )
 
 
 def _secret_reader(settings: Settings) -> SecretReader | None:

@@ -40,6 +40,7 @@ def upstream(settings: Settings, metrics: Metrics, ssl_context: ssl.SSLContext) 
         pool_size=settings.pool_size,
         timeouts=timeouts(settings),
         on_connect=metrics.observe_connect,
+        egress_proxy=settings.egress_proxy,
     )
     metrics.watch_pools(pools.stats)
     return pools

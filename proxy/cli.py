@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import errno
 import logging
@@ -30,7 +31,6 @@ from typing import Any, NoReturn
 
 from proxy import __version__, config, logs, manifests, probe
 from proxy.app import Sidecar
-from proxy.emulator import cli as emulator_cli
 from proxy.errors import ConfigError, InjectError, SidecarError
 from proxy.inject import AUTH_MODES, InjectOptions, inject
 from proxy.injector import Injector
@@ -81,10 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--http-listen", default="127.0.0.1:8484")
     demo.add_argument("--admin-listen", default="127.0.0.1:8486")
     demo.add_argument("--grpc-listen", default="127.0.0.1:8485")
-    emulator_cli.add_arguments(
-        sub.add_parser("emulator", help="run the emulated Databricks workspace (control + data plane)")
+    # Its options are the emulator's own (`serving-sidecar emulator --help`): parsed there, so that the
+    # product's commands never import the emulator.
+    emulator = sub.add_parser(
+        "emulator", help="run the emulated Databricks workspace (control + data plane)", add_help=False
     )
+    emulator.add_argument("emulator_args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _emulator(argv: Sequence[str]) -> int:
+    from proxy.emulator import cli as emulator_cli
+
+    parser = argparse.ArgumentParser(prog="serving-sidecar emulator", description="the emulated Databricks workspace")
+    emulator_cli.add_arguments(parser)
+    return emulator_cli.run(parser.parse_args(argv))
 
 
 def add_inject_commands(sub: Any) -> None:
@@ -141,9 +152,12 @@ def _inject_options(args: argparse.Namespace) -> InjectOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["emulator"]:
+        return _emulator(arguments[1:])
+    args = build_parser().parse_args(arguments)
     if args.command == "emulator":
-        return emulator_cli.run(args)
+        return _emulator(args.emulator_args)
     logs.configure()
     if args.command in ("inject", "injector", "wait"):
         return {"inject": _inject, "injector": _injector, "wait": _wait}[args.command](args)
@@ -192,8 +206,13 @@ def _one_line(text: str) -> str:
 
 
 def _known_secrets(settings: config.Settings) -> list[str]:
-    """Secret values to redact from logs by value (tokens are caught by shape)."""
+    """Secret values to redact from logs by value (tokens are caught by shape): the client secret and the
+    egress proxy's password."""
     secrets = [settings.client_secret] if settings.client_secret else []
+    proxy = settings.egress_proxy
+    if proxy is not None and proxy.authorization:  # the egress proxy's user:password, encoded and not
+        encoded = proxy.authorization.removeprefix("Basic ")
+        secrets += [encoded, base64.b64decode(encoded).decode().partition(":")[2]]
     if settings.client_secret_file is not None:
         with contextlib.suppress(OSError, UnicodeDecodeError):  # reported when a token is fetched
             secrets.append(settings.client_secret_file.read_text().strip())
@@ -454,6 +473,7 @@ def _demo_banner(settings: config.Settings, names: list[str]) -> str:
         "check",
         *("--host", settings.host, "--client-id", settings.client_id),
         *("--client-secret-file", str(settings.client_secret_file), "--ca-bundle", str(settings.ca_bundle)),
+        *("--egress-proxy", "off"),  # the emulated workspace is on loopback: a proxy in the shell must not catch it
         *(arg for name in names[:2] for arg in ("--endpoint", name)),
     ]
     return "\n".join(

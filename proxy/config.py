@@ -14,10 +14,14 @@ Rules:
    `--allow-insecure-loopback-host` (local experiments): the client secret travels in every token request.
 4. Files are checked once here, so a bad one is a configuration error at start, not a traceback later:
    the CA bundle must be PEM certificates, the secret and token files readable UTF-8 text.
+5. The egress proxy comes from the standard `https_proxy`/`HTTPS_PROXY` and `no_proxy`/`NO_PROXY`
+   variables (lower case first) unless `--egress-proxy off`. Only `http://` proxy URLs are accepted, and
+   errors about one never quote it: it may hold a password.
 """
 
 from __future__ import annotations
 
+import base64
 import configparser
 import ipaddress
 import math
@@ -25,10 +29,10 @@ import os
 import ssl
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -40,6 +44,9 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 ENV_PREFIX = "SERVING_SIDECAR_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Standard proxy variables, lower case first (as curl and Python's urllib read them); the first set one wins.
+PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY")
+NO_PROXY_VARIABLES = ("no_proxy", "NO_PROXY")
 MAX_NUMBER = 30 * 24 * 3600.0  # the largest value of a numeric option (30 days in seconds): timers overflow past it
 _SHOWN = 80  # characters of a bad value quoted in an error
 MAX_WORKERS = 64
@@ -61,6 +68,21 @@ class Address:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+@dataclass(frozen=True)
+class EgressProxy:
+    """The HTTP proxy that HTTPS upstream calls tunnel through (CONNECT), and the NO_PROXY entries that
+    bypass it. `authorization` is the `Proxy-Authorization` value made from the proxy URL's user and
+    password: it is left out of repr and str and never logged."""
+
+    host: str
+    port: int
+    authorization: str | None = field(default=None, repr=False)
+    no_proxy: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"http://{Address(self.host, self.port)}"
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,14 @@ OPTIONS: tuple[Option, ...] = (
         "bool",
         False,
         "allow non-loopback HTTP/gRPC listen addresses (anyone reaching the port spends the SP's rights)",
+    ),
+    Option(
+        "egress-proxy",
+        "choice",
+        "auto",
+        "auto: HTTPS upstream calls tunnel through HTTPS_PROXY (CONNECT) unless NO_PROXY lists the host; "
+        "off: always connect directly",
+        choices=("auto", "off"),
     ),
     Option("ca-bundle", "str", None, "PEM file of extra CAs trusted for the workspace and data plane"),
     Option("endpoint", "list", (), "endpoint resolved and warmed at start (repeatable)"),
@@ -254,6 +284,7 @@ class Settings:
     log_level: str = "info"
     access_log: bool = False
     allow_insecure_loopback_host: bool = False
+    egress_proxy: EgressProxy | None = None  # from HTTPS_PROXY and NO_PROXY unless --egress-proxy off
 
     def __repr__(self) -> str:
         secret = "set" if self.client_secret else "unset"
@@ -329,6 +360,8 @@ def _parse(opt: Option, value: Any, where: str) -> Any:
         "bool": _parse_bool,
         "list": _parse_list,
     }
+    if opt.kind == "choice" and isinstance(value, bool):  # YAML reads an unquoted off/on as a boolean
+        value = "on" if value else "off"
     try:
         parsed = parsers[opt.kind](value)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -518,6 +551,7 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         log_level=raw["log_level"],
         access_log=raw["access_log"],
         allow_insecure_loopback_host=insecure_ok,
+        egress_proxy=_egress_proxy(raw["egress_proxy"], env),
     )
 
 
@@ -533,6 +567,44 @@ def _workers(value: Any) -> int:
     if count > 1 and sys.platform != "linux":
         raise ConfigError(f"workers: more than one worker needs Linux (this is {sys.platform}); use 1")
     return count
+
+
+def _egress_proxy(mode: str, env: Mapping[str, str]) -> EgressProxy | None:
+    """The proxy from the standard environment variables, or None (`--egress-proxy off`, or none set)."""
+    if mode == "off":
+        return None
+    found = [(name, env[name]) for name in PROXY_VARIABLES if env.get(name, "").strip()]
+    if not found:
+        return None
+    no_proxy = next((env[name] for name in NO_PROXY_VARIABLES if env.get(name, "").strip()), "")
+    return parse_proxy_url(found[0][1], found[0][0], no_proxy=_parse_list(no_proxy))
+
+
+def parse_proxy_url(value: str, where: str, *, no_proxy: tuple[str, ...] = ()) -> EgressProxy:
+    """`[http://][user:password@]host[:port]` (port 80 by default) as an EgressProxy. The ConfigError names
+    `where` but never repeats the value, which may hold a password."""
+    text = value.strip() if "://" in value else "http://" + value.strip()
+    try:
+        parts = urlsplit(text)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: the proxy URL is malformed (expected http://HOST:PORT)") from None
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        raise ConfigError(
+            f"{where}: an https:// proxy (TLS to the proxy itself) is not supported; give it as http://HOST:PORT "
+            "(calls inside the tunnel are TLS to the upstream either way), or pass --egress-proxy off"
+        )
+    if scheme != "http" or not host:
+        raise ConfigError(f"{where}: expected an http://HOST:PORT proxy URL, or pass --egress-proxy off")
+    return EgressProxy(host, port or 80, _basic_credentials(parts.username, parts.password), no_proxy)
+
+
+def _basic_credentials(user: str | None, password: str | None) -> str | None:
+    if user is None:
+        return None
+    pair = f"{unquote(user)}:{unquote(password or '')}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 def _client_id(raw: Mapping[str, Any], env: Mapping[str, str], profile: Mapping[str, str]) -> str:

@@ -31,15 +31,24 @@ class Health:
     credential_ok: bool
     draining: bool
     credential_error: str | None = None
+    descriptors_ok: bool = True  # False for a while after accept() ran out of file descriptors
     workers_problem: str | None = None  # --workers N: why not every HTTP worker serves, e.g. crash-looping
 
     @property
     def ready(self) -> bool:
-        return self.listening and self.credential_ok and not self.draining and self.workers_problem is None
+        return (
+            self.listening
+            and self.credential_ok
+            and not self.draining
+            and self.descriptors_ok
+            and self.workers_problem is None
+        )
 
     def reason(self) -> str:
         if self.draining:
             return "draining"
+        if not self.descriptors_ok:
+            return "out of file descriptors: new connections are refused (raise the open-files limit)"
         if not self.listening:
             return "listeners are not up"
         if self.workers_problem is not None:

@@ -21,29 +21,12 @@ from pathlib import Path
 
 from harness import SidecarProcess, machine, mib, peak_rss_kib, rss_kib
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.integration
 from proxy.emulator import Emulator, EmulatorSettings
+from tests.integration.rawhttp import Connection, exchange
 
 PATH = "/serving-endpoints/fraud-ro/invocations"
 ROUND_LIMIT = 120.0
-
-Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-async def exchange(connection: Connection, body: bytes) -> tuple[int, bytes]:
-    """One HTTP/1.1 keep-alive request on an open connection (the sidecar answers with Content-Length)."""
-    reader, writer = connection
-    head = (
-        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    writer.write(head.encode() + body)
-    await writer.drain()
-    status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    headers = {
-        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines if line)
-    }
-    length = int(headers.get("content-length", "0"))
-    return int(status_line.split()[1]), await reader.readexactly(length)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -89,13 +72,13 @@ async def drive(emu: Emulator, sidecar: SidecarProcess, args: argparse.Namespace
             async def one(index: int, round_number: int = round_number) -> bool:
                 body = json.dumps({"dataframe_records": [{"connection": index, "round": round_number}]}).encode()
                 try:
-                    status, answer = await exchange(connections[index], body)
+                    answer = await exchange(connections[index], PATH, body)
                 except (OSError, asyncio.IncompleteReadError) as err:
                     print(f"connection {index}: {type(err).__name__}: {err}")
                     return False
-                ok = status == 200 and json.loads(answer) == {"predictions": [index + round_number]}
+                ok = answer.status == 200 and answer.json() == {"predictions": [index + round_number]}
                 if not ok:
-                    print(f"connection {index}: HTTP {status}: {answer[:200]!r}")
+                    print(f"connection {index}: HTTP {answer.status}: {answer.body[:200]!r}")
                 return ok
 
             started = time.monotonic()

@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jwt
-
 from proxy.credentials.cache import Fetch, FetchOutcome, Observer, RefreshingToken, Token, TokenCache
 from proxy.credentials.oauth import OAuthClient
 from proxy.credentials.targets import token_kind as token_kind  # re-exported: its home until --workers
@@ -86,6 +84,8 @@ def workload_identity_fetch(oauth: OAuthClient, token_file: Path, *, audience: s
 
 def check_audience(token: str, audience: str, source: Path) -> None:
     """Raise TokenError unless the (unverified) JWT's `aud` includes `audience`. The token is never logged."""
+    import jwt  # only workload identity with --token-audience needs it: not loaded otherwise (memory)
+
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:

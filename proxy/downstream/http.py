@@ -234,6 +234,7 @@ class HttpConnection(asyncio.Protocol):
         self._write_blocked_at = 0.0
         self._reading_paused = False
         self._refusal: SidecarError | None = None
+        self._refused = False  # a refusal is queued: nothing more is parsed
         self.deadline = math.inf
 
     def __repr__(self) -> str:
@@ -255,8 +256,14 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = time.monotonic() + self._limits.header_timeout
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # bytes already in flight after a refusal
         try:
             self._parser.feed_data(data)
+            parsing = self._parsing
+            if parsing is not None and not parsing.headers_done and data.endswith(b"\n") and _http09(parsing, data):
+                # llhttp takes `GET /path` + CRLF for HTTP/0.9 and waits for more: refused now (rule 1).
+                self._refuse(InvalidRequest("HTTP/0.9 requests are not supported: use HTTP/1.1"))
         except httptools.HttpParserUpgrade:
             self._refuse(InvalidRequest("protocol upgrades are not supported: send plain HTTP/1.1 requests"))
         except httptools.HttpParserError as exc:
@@ -276,6 +283,7 @@ class HttpConnection(asyncio.Protocol):
                 current.exchange.cancel()
             if current.status == "error":
                 current.status = 499  # the caller left before its answer
+            self._release(current)
             self._record(current)
         front.settled()
 
@@ -496,7 +504,7 @@ class HttpConnection(asyncio.Protocol):
         if self._current is not None or not self._waiting:
             return
         request = self._current = self._waiting.popleft()
-        if self._reading_paused and not self._waiting and self._transport is not None:
+        if self._reading_paused and not self._waiting and not self._refused and self._transport is not None:
             self._reading_paused = False
             self._transport.resume_reading()
         if request.error is not None:
@@ -546,11 +554,7 @@ class HttpConnection(asyncio.Protocol):
     def _finish(self, request: _Request) -> None:
         if self._current is request:
             self._current = None
-        if request.admitted:
-            request.admitted = False
-            self._front.forwarder.admission.release(request.endpoint)
-            self._front.in_flight -= 1
-        request.exchange = None
+        self._release(request)
         self._record(request)
         self._front.settled()
         transport = self._transport
@@ -562,6 +566,14 @@ class HttpConnection(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._next)  # not from inside the upstream's callbacks
         else:
             self.deadline = time.monotonic() + self._limits.keepalive_timeout
+
+    def _release(self, request: _Request) -> None:
+        """Give back the request's admission slot (once)."""
+        if request.admitted:
+            request.admitted = False
+            self._front.forwarder.admission.release(request.endpoint)
+            self._front.in_flight -= 1
+        request.exchange = None
 
     def _record(self, request: _Request) -> None:
         self._front.on_request(
@@ -582,8 +594,7 @@ class HttpConnection(asyncio.Protocol):
         return _Refused(error)
 
     def _refuse(self, error: SidecarError) -> None:
-        """Rule 1: answer `error`, close, forward nothing."""
-        self._waiting.clear()
+        """Rule 1: answer `error` (after the requests before it), close, forward nothing more."""
         request = self._parsing or _Request()
         self._parsing = None
         self._front.buffered -= request.buffered
@@ -591,15 +602,23 @@ class HttpConnection(asyncio.Protocol):
         request.keep_alive = False
         if not request.request_id:
             request.request_id = logs.new_request_id()
-        if self._current is not None:  # an answer is in progress: no room for ours, just close
-            self.abort()
-            return
-        self._current = request
-        self._answer(request, error)
+        request.error = error
+        self._refused = True
+        if self._transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()  # nothing after the bad bytes is read
+        self._waiting.append(request)
+        if self._current is None:
+            self._next()
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+
+
+def _http09(request: _Request, data: bytes) -> bool:
+    """A request line with no HTTP version: the target, then the end of the line, and no headers yet."""
+    return bool(request.url) and request.header_count == 0 and data.rstrip(b"\r\n").endswith(b" " + request.url)
 
 
 def _without_connection_tokens(block: list[bytes], connection: bytes) -> list[bytes]:

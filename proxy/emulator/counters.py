@@ -16,6 +16,8 @@
 - ``data_plane_connections`` / ``control_plane_connections``: TCP connections accepted.
 - ``dropped_connections``: connections dropped by ``close_after_requests``.
 - ``idle_closed_connections``: keep-alive connections closed by ``idle_close_after``.
+- ``answer_bytes_sent``: filler bytes of ``answer_bytes`` answers handed to connections so far (each
+  write waits while the peer's transport is full, so this bounds what a slow reader was sent).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Counters:
     connections: Counter[str] = field(default_factory=Counter)
     dropped_connections: int = 0
     idle_closed_connections: int = 0
+    answer_bytes_sent: int = 0
 
     def grant(self, grant: GrantType, kind: TokenKind) -> None:
         self.token_grants[grant] += 1
@@ -84,4 +87,5 @@ class Counters:
             "control_plane_connections": self.connections["control_plane"],
             "dropped_connections": self.dropped_connections,
             "idle_closed_connections": self.idle_closed_connections,
+            "answer_bytes_sent": self.answer_bytes_sent,
         }

@@ -15,11 +15,14 @@ Order of checks (the first failing one answers, Databricks error shape):
 4. ``Content-Length`` above 16 MiB -> 413 (the body is never read);
 5. a planned failure (``fail_next``) -> 429 ``REQUEST_LIMIT_EXCEEDED`` / 503 ``TEMPORARILY_UNAVAILABLE`` /
    ..., with ``Retry-After`` when planned;
-6. Content-Type other than ``application/json`` -> 415; a body above 16 MiB while reading -> 413;
-   a body that is not JSON -> 400 ``BAD_REQUEST``;
-7. latency (knob, else ``EndpointSpec.latency``), then the model (``models.answer``): invalid input
-   -> 400 ``BAD_REQUEST`` with MLflow's text; else 200 with ``served-model-name``; ``"stream": true``
-   on a chat endpoint -> ``text/event-stream``.
+6. a body above 16 MiB while reading -> 413; then, except on an ``echo`` endpoint (which takes any
+   bytes), Content-Type other than ``application/json`` -> 415 and a body that is not JSON -> 400
+   ``BAD_REQUEST``;
+7. latency (knob, else ``EndpointSpec.latency``); then the ``answer_bytes`` knob, when set for the
+   endpoint, streams that many filler bytes (200, ``application/octet-stream``, chunked) instead of any
+   model answer; an ``echo`` endpoint answers 200 with the request body as it arrived; else the model
+   (``models.answer``): invalid input -> 400 ``BAD_REQUEST`` with MLflow's text; else 200 with
+   ``served-model-name``; ``"stream": true`` on a chat endpoint -> ``text/event-stream``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from proxy.emulator.state import EmulatorState
 from proxy.emulator.tokens import TokenClaims
 
 MAX_BODY = 16 * 1024 * 1024
+FILLER_BLOCK = b"x" * 65536  # one write of an ``answer_bytes`` answer
+OCTETS = "application/octet-stream"
 SERVED_MODEL_HEADER = "served-model-name"
 UNKNOWN_PATH = (
     "The path must be of the form /serving-endpoints/<endpoint_name>/invocations or "
@@ -149,10 +154,15 @@ class Invocations:
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise _too_large()
         self._planned_failure(incarnation)
-        body = await _read_json(request)
+        body = await (_read_body(request) if incarnation.spec.kind == "echo" else _read_json(request))
         latency = self._state.faults.latency_for(incarnation.name, incarnation.spec.latency)
         if latency > 0:
             await asyncio.sleep(latency)
+        filler = self._state.faults.answer_bytes.get(incarnation.name)
+        if filler is not None:
+            return await self._stream_filler(request, incarnation, filler, {SERVED_MODEL_HEADER: model})
+        if isinstance(body, bytes):  # an echo endpoint: the body as it arrived
+            return web.Response(body=body, content_type=OCTETS, headers={SERVED_MODEL_HEADER: model})
         try:
             result = answer(incarnation.spec.kind, body, model=model, created=math.floor(self._state.clock()))
         except InvalidInput as err:
@@ -204,6 +214,22 @@ class Invocations:
         await response.write_eof()
         return response
 
+    async def _stream_filler(
+        self, request: web.Request, incarnation: Incarnation, size: int, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """``size`` filler bytes, chunked, each write waiting while the peer's transport is full."""
+        response = web.StreamResponse(status=200, headers={**headers, "Content-Type": OCTETS})
+        await response.prepare(request)
+        self._state.counters.invocation(incarnation.name, 200)
+        remaining = size
+        while remaining > 0:
+            block = FILLER_BLOCK[:remaining]
+            await response.write(block)
+            remaining -= len(block)
+            self._state.counters.answer_bytes_sent += len(block)
+        await response.write_eof()
+        return response
+
 
 def _missing(name: str) -> web.Response:
     return databricks_error(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint with name '{name}' does not exist.")
@@ -222,6 +248,19 @@ async def _read_json(request: web.Request) -> object:
             "This predictor only supports the following content types: Types: ['application/json']. "
             f"Got '{request.content_type}'.",
         )
+    body = await _read_body(request)
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _reject(
+            400,
+            "BAD_REQUEST",
+            f"Invalid input. Ensure that input is a valid JSON formatted string. Error: '{err}'",
+        ) from None
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The body's bytes, read with a 16 MiB cap (413 beyond it)."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -232,11 +271,4 @@ async def _read_json(request: web.Request) -> object:
         if size > MAX_BODY:
             raise _too_large()
         chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _reject(
-            400,
-            "BAD_REQUEST",
-            f"Invalid input. Ensure that input is a valid JSON formatted string. Error: '{err}'",
-        ) from None
+    return b"".join(chunks)

@@ -72,6 +72,10 @@ class Faults:
     metadata_failures: per endpoint name (known or not), an HTTP status (429 or 5xx) that metadata reads
         of that name answer instead, Databricks-shaped (429 with ``Retry-After: 1``). Replaced whole by a
         patch; null clears.
+    answer_bytes: per endpoint name, answer every invocation with this many filler bytes, streamed
+        (chunked, 64 KiB writes that wait while the caller's transport is full), in place of the model's
+        answer: a large answer for backpressure and slow-reader tests. Merges per endpoint like
+        ``latency``; null removes one entry (or, for the whole knob, all).
     planned_failures: queue filled by ``fail_next`` (read-only through the patch route).
     """
 
@@ -87,6 +91,7 @@ class Faults:
     token_answer_override: dict[str, Any] = field(default_factory=dict)
     token_answer_raw: dict[str, str] = field(default_factory=dict)
     metadata_failures: dict[str, int] = field(default_factory=dict)
+    answer_bytes: dict[str, int] = field(default_factory=dict)
     planned_failures: list[PlannedFailure] = field(default_factory=list)
 
     def latency_for(self, name: str, default: float) -> float:
@@ -132,6 +137,7 @@ class Faults:
             "token_answer_override": copy.deepcopy(self.token_answer_override),
             "token_answer_raw": dict(self.token_answer_raw),
             "metadata_failures": dict(self.metadata_failures),
+            "answer_bytes": dict(self.answer_bytes),
             "planned_failures": [p.as_dict() for p in self.planned_failures],
         }
 
@@ -243,6 +249,23 @@ def _set_metadata_failures(faults: Faults, value: object) -> None:
     faults.metadata_failures = dict(value)
 
 
+def _set_answer_bytes(faults: Faults, value: object) -> None:
+    if value is None:
+        faults.answer_bytes = {}
+        return
+    if not isinstance(value, Mapping):
+        raise FaultsError(f"answer_bytes must be an object of endpoint name -> byte count, got {value!r}")
+    for name, size in value.items():
+        if not isinstance(name, str):
+            raise FaultsError(f"answer_bytes keys must be endpoint names, got {name!r}")
+        if size is None:
+            faults.answer_bytes.pop(name, None)
+        elif isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise FaultsError(f"answer_bytes.{name} must be an integer >= 0, got {size!r}")
+        else:
+            faults.answer_bytes[name] = size
+
+
 def merge_patch(target: object, patch: object) -> object:
     """RFC 7386 JSON merge patch: objects merge member by member, null removes, anything else replaces."""
     if not isinstance(patch, Mapping):
@@ -275,5 +298,6 @@ _SETTERS: dict[str, _Setter] = {
     "token_answer_override": _set_token_answer_override,
     "token_answer_raw": _set_token_answer_raw,
     "metadata_failures": _set_metadata_failures,
+    "answer_bytes": _set_answer_bytes,
     "planned_failures": _set_planned_failures,
 }

@@ -18,6 +18,8 @@ Answers (tests elsewhere check them):
   is one ``chat.completion.chunk`` per word of the reply: ``choices[0].delta.content`` is the word,
   preceded by a space for every word but the first, so the deltas concatenate to the reply; the
   last chunk has ``finish_reason: "stop"``. The server then sends ``data: [DONE]``.
+- ``echo``: no model here: the data plane answers the request body itself, byte for byte, as
+  ``application/octet-stream`` (any content type, JSON or not), so tests see exactly what arrived.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import yaml
 
 from proxy.emulator.faults import Faults, FaultsError, apply_patch
 
-EndpointKind = Literal["custom", "feature", "chat"]
+EndpointKind = Literal["custom", "feature", "chat", "echo"]
 ENDPOINT_KINDS: tuple[str, ...] = get_args(EndpointKind)
 
 DEFAULT_WORKSPACE_ID = "1444828305810485"
@@ -44,7 +44,8 @@ class EndpointSpec:
     """One serving endpoint of the emulated workspace.
 
     kind: ``custom`` (MLflow pyfunc, answers ``predictions``), ``feature`` (feature spec, answers
-    ``outputs``) or ``chat`` (agent, OpenAI chat shape, streams with ``"stream": true``).
+    ``outputs``), ``chat`` (agent, OpenAI chat shape, streams with ``"stream": true``) or ``echo``
+    (answers the request body byte for byte: a probe of exactly what reached the upstream).
     latency: seconds added before every answer (the ``latency`` fault knob overrides it).
     stream_interval: seconds between SSE events of a streamed chat answer.
     allowed_clients: client ids that hold CAN_QUERY; ``None`` means every client.

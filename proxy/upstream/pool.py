@@ -23,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from proxy.config import EgressProxy
 from proxy.errors import ConnectFailed
+from proxy.upstream import egress
 from proxy.upstream.connection import Reuse, UpstreamConnection
 
 SWEEP_INTERVAL = 1.0
@@ -70,6 +72,7 @@ class Pool:
         size: int,
         timeouts: Timeouts,
         on_connect: ConnectObserver = _ignore_connect,
+        proxy: EgressProxy | None = None,
     ) -> None:
         parts = urlsplit(origin)
         self.origin = origin
@@ -80,6 +83,7 @@ class Pool:
         self.size = size
         self.timeouts = timeouts
         self._on_connect = on_connect
+        self._proxy = proxy  # every connection of this pool is a tunnel through it, when set
         self._idle: list[UpstreamConnection] = []
         self._busy: set[UpstreamConnection] = set()
         self._opening = 0
@@ -185,15 +189,14 @@ class Pool:
         return conn
 
     async def _open(self) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeouts.connect):
-                _, conn = await loop.create_connection(
+                _, conn = await egress.open_connection(
+                    self._proxy,
                     lambda: UpstreamConnection(self),
                     self._hostname,
                     self._port,
-                    ssl=self._ssl_context,
-                    server_hostname=self._hostname,
+                    ssl_context=self._ssl_context,
                 )
         except TimeoutError:
             raise self._connect_failed("timeout", f"handshake timed out after {self.timeouts.connect:g} s") from None
@@ -225,11 +228,13 @@ class Upstream:
         pool_size: int,
         timeouts: Timeouts,
         on_connect: ConnectObserver = _ignore_connect,
+        egress_proxy: EgressProxy | None = None,
     ) -> None:
         self._ssl_context = ssl_context
         self._pool_size = pool_size
         self.timeouts = timeouts
         self._on_connect = on_connect
+        self._egress_proxy = egress_proxy
         self._pools: dict[str, Pool] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -245,6 +250,7 @@ class Upstream:
                 size=self._pool_size,
                 timeouts=self.timeouts,
                 on_connect=self._on_connect,
+                proxy=egress.proxy_for(origin, self._egress_proxy),
             )
             self._start_sweeping()
         return pool

@@ -9,7 +9,8 @@ Rules:
    once are spread evenly: a caller's few long-lived keep-alive connections land on different workers.
 4. A hand-off that cannot be written at once (that worker's queue is full: it is stuck) goes to the next
    serving worker; if none takes it, the connection is closed (the caller sees a reset and may retry).
-5. Out of file descriptors (EMFILE/ENFILE): accepting pauses for FD_PAUSE s, with one log line per pause.
+5. Out of file descriptors (EMFILE/ENFILE): accepting pauses for FD_PAUSE s and the sidecar is told
+   (readiness says so for a while, as with one process).
 6. The worker side (`Inbox`) reads every descriptor waiting and hands each socket to the HTTP front.
 """
 
@@ -69,9 +70,17 @@ def listen(address: Address) -> list[socket.socket]:
 class Acceptor:
     """The parent's accept loop (rules 2-5)."""
 
-    def __init__(self, sockets: Sequence[socket.socket], targets: Sequence[Target]) -> None:
+    def __init__(
+        self,
+        sockets: Sequence[socket.socket],
+        targets: Sequence[Target],
+        *,
+        on_no_descriptors: Callable[[OSError], object] | None = None,
+    ) -> None:
+        """`on_no_descriptors(error)`: accept() found no file descriptor (rule 5); logged when None."""
         self._sockets = list(sockets)
         self._targets = targets
+        self._on_no_descriptors = on_no_descriptors
         self._next = 0
         self._reading = False
         self._paused: asyncio.TimerHandle | None = None
@@ -136,7 +145,10 @@ class Acceptor:
             conn.close()  # the worker holds its own descriptor now
 
     def _pause(self, error: OSError) -> None:
-        log.warning("cannot accept connections: %s; accepting again in %.0f s", error.strerror, FD_PAUSE)
+        if self._on_no_descriptors is not None:
+            self._on_no_descriptors(error)
+        else:
+            log.warning("cannot accept connections: %s; accepting again in %.0f s", error.strerror, FD_PAUSE)
         self._paused = asyncio.get_running_loop().call_later(FD_PAUSE, self._resume)
         self.update()
 

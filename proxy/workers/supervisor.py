@@ -88,8 +88,10 @@ class Workers:
         restarts: Restarts | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[], object] = lambda: None,
+        on_no_descriptors: Callable[[OSError], object] | None = None,
     ) -> None:
-        """`on_change` runs whenever a worker starts or stops serving (readiness follows it)."""
+        """`on_change` runs whenever a worker starts or stops serving (readiness follows it);
+        `on_no_descriptors` when accepting finds no file descriptor."""
         self.settings = settings
         self.authority = authority
         self.count = settings.workers
@@ -101,6 +103,7 @@ class Workers:
         self._retired: Snapshot = {}
         self._stopping = False
         self._on_change = on_change
+        self._on_no_descriptors = on_no_descriptors
         authority.broadcast = self.broadcast
 
     def __repr__(self) -> str:
@@ -108,7 +111,7 @@ class Workers:
 
     async def start(self, address: Address) -> int:
         """Rule 1: bind, then spawn the workers (they serve once each says so)."""
-        self._acceptor = Acceptor(listen(address), self._slots)
+        self._acceptor = Acceptor(listen(address), self._slots, on_no_descriptors=self._on_no_descriptors)
         self.port = self._acceptor.port
         try:
             for slot in self._slots:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import errors
-from proxy.config import Address, Settings
+from proxy.config import Address, EgressProxy, Settings
 from proxy.endpoints import Resolution
 
 # Errors a worker may get back for a request it made; anything else arrives as a plain SidecarError.
@@ -105,7 +105,8 @@ def key_from_wire(doc: Any) -> tuple[str, str] | None:
 
 
 def settings_to_wire(settings: Settings) -> dict[str, Any]:
-    """Settings for a worker, without the client secret: workers never see it (they get tokens only)."""
+    """Settings for a worker, without the client secret: workers never see it (they get tokens only).
+    The egress proxy travels whole (its credentials included): workers open data-plane connections."""
     doc: dict[str, Any] = {}
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
@@ -113,6 +114,8 @@ def settings_to_wire(settings: Settings) -> dict[str, Any]:
             value = str(value)
         elif isinstance(value, Address):
             value = [value.host, value.port]
+        elif isinstance(value, EgressProxy):
+            value = {**dataclasses.asdict(value), "no_proxy": list(value.no_proxy)}
         elif isinstance(value, tuple):
             value = list(value)
         doc[field.name] = value
@@ -133,6 +136,8 @@ def settings_from_wire(doc: Any) -> Settings:
             if not isinstance(value, list) or len(value) != 2:
                 raise ValueError(f"{field.name} must be [host, port]")
             value = Address(str(value[0]), int(value[1]))
+        elif value is not None and hint == EgressProxy | None:
+            value = EgressProxy(**{**value, "no_proxy": tuple(value.get("no_proxy") or ())})
         elif isinstance(value, list):
             value = tuple(str(item) for item in value)
         values[field.name] = value

@@ -27,8 +27,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from proxy import assembly, logs
 from proxy.config import Settings
@@ -44,6 +44,8 @@ from proxy.workers.mirror import RemoteCredentials, RemoteResolver
 from proxy.workers.wire import key_from_wire, resolution_from_wire, settings_from_wire, token_from_wire
 
 log = logging.getLogger("serving_sidecar")
+
+T = TypeVar("T")
 
 METRICS_INTERVAL = 1.0
 FINAL_WRITE_TIMEOUT = 2.0  # seconds for the last snapshot to reach the parent
@@ -61,6 +63,7 @@ class Worker:
         self.pools: Upstream | None = None
         self.forwarder: Forwarder | None = None
         self.front: HttpFront | None = None
+        self.inbox: Inbox | None = None
         self.stopping: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
     def __repr__(self) -> str:
@@ -82,6 +85,36 @@ class Worker:
         self.front = HttpFront(self.forwarder, on_request=observer, limits=assembly.limits(settings))
         metrics.watch_in_flight("http", lambda: self.front.in_flight if self.front is not None else 0)
         return self.front
+
+    def start(self, settings: Settings, handoff: socket.socket) -> list[asyncio.Task[None]]:
+        """Rule 1, after `hello`: log as worker <n>, build, serve hand-offs, say `serving`; warm and push
+        metrics in the background (the tasks returned)."""
+        assert self.channel is not None
+        logs.configure(fmt=settings.log_format, level=settings.log_level, worker=self.index)
+        front = self.build(settings)
+        front.start_without_listener()
+        self.inbox = Inbox(handoff, front.adopt)
+        self.inbox.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop, settings.drain_timeout)
+        self.channel.note("serving", pid=os.getpid())
+        return [loop.create_task(self.warm(settings)), loop.create_task(self.push_metrics())]
+
+    async def drain(self, grace: float) -> None:
+        """Rule 3: no more hand-offs; the front stops as in one process."""
+        assert self.inbox is not None and self.front is not None
+        self.inbox.stop()
+        await self.front.stop(grace)
+
+    async def finish(self, writer: asyncio.StreamWriter) -> None:
+        """Rule 2's last snapshot, written out before the channel closes."""
+        assert self.channel is not None and self.pools is not None and self.metrics is not None
+        self.pools.close()
+        self.channel.note("metrics", snapshot=self.metrics.snapshot())
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
+                await writer.drain()
+        self.channel.close()
 
     def stop(self, grace: float) -> None:
         if not self.stopping.done():
@@ -127,49 +160,32 @@ class Worker:
 
 
 async def serve(index: int, channel_fd: int, handoff_fd: int) -> int:
-    loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=channel_fd))
     worker = Worker(index)
     channel = Channel(reader, writer, on_note=worker.on_note, on_call=worker.on_call, name=f"worker {index}'s channel")
     worker.attach(channel)
-    reading = loop.create_task(channel.run())
+    reading = asyncio.get_running_loop().create_task(channel.run())
     try:
-        hello = await channel.call("hello", pid=os.getpid())
+        settings = settings_from_wire((await channel.call("hello", pid=os.getpid())).get("settings"))
     except ChannelClosed:
         return 1
-    settings = settings_from_wire(hello.get("settings"))
-    logs.configure(fmt=settings.log_format, level=settings.log_level, worker=index)
-    front = worker.build(settings)
-    front.start_without_listener()
-    inbox = Inbox(socket.socket(fileno=handoff_fd), front.adopt)
-    inbox.start()
-    loop.add_signal_handler(signal.SIGTERM, worker.stop, settings.drain_timeout)
-    channel.note("serving", pid=os.getpid())
-    background = [loop.create_task(worker.warm(settings)), loop.create_task(worker.push_metrics())]
-    await asyncio.wait([reading, asyncio.ensure_future(_stopped(worker))], return_when=asyncio.FIRST_COMPLETED)
-    if not worker.stopping.done():
-        log.warning("the parent process is gone: exiting at once")
-        _exit_now(1)
-    inbox.stop()
-    stopping = loop.create_task(front.stop(worker.stopping.result()))
-    await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
-    if not stopping.done():
-        log.warning("the parent process is gone while draining: exiting at once")
-        _exit_now(1)
+    background = worker.start(settings, socket.socket(fileno=handoff_fd))
+    grace = await _unless_orphaned(reading, asyncio.shield(worker.stopping))
+    await _unless_orphaned(reading, worker.drain(grace))
     await _cancel(background)
-    assert worker.pools is not None and worker.metrics is not None
-    worker.pools.close()
-    channel.note("metrics", snapshot=worker.metrics.snapshot())
-    with contextlib.suppress(OSError, TimeoutError):
-        async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
-            await writer.drain()
-    channel.close()
+    await worker.finish(writer)
     await _cancel([reading])
     return 0
 
 
-async def _stopped(worker: Worker) -> None:
-    await asyncio.shield(worker.stopping)
+async def _unless_orphaned(reading: asyncio.Task[None], work: Awaitable[T]) -> T:
+    """`work`'s result; if the channel to the parent closes first, exit at once (rule 4)."""
+    task = asyncio.ensure_future(work)
+    await asyncio.wait([reading, task], return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        log.warning("the parent process is gone: exiting at once")
+        _exit_now(1)
+    return task.result()
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:

@@ -15,22 +15,6 @@ from tests.e2e.conftest import Launch
 CALLER_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjYWxsZXIifQ.Y2FsbGVyLXNpZ25hdHVyZQ"  # the caller's own, dropped
 
 
-@pytest.fixture
-def issued(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every access token the emulator mints from now on."""
-    tokens: list[str] = []
-    authority = emu._state.authority  # type: ignore[union-attr]
-    mint = authority.issue
-
-    def recording(**kwargs: Any) -> Any:
-        token = mint(**kwargs)
-        tokens.append(token.access_token)
-        return token
-
-    monkeypatch.setattr(authority, "issue", recording)
-    return tokens
-
-
 async def call(session: aiohttp.ClientSession, target: str, body: dict[str, Any], rid: str) -> int:
     headers = {"Authorization": f"Bearer {CALLER_TOKEN}", "X-Request-Id": rid}
     async with session.post(target, json=body, headers=headers) as resp:

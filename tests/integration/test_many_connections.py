@@ -11,34 +11,11 @@ import asyncio
 import json
 
 from proxy.emulator import Emulator
+from tests.integration import rawhttp
 from tests.integration.conftest import SidecarFactory
 
 CONNECTIONS = 1000
 PATH = "/serving-endpoints/fraud-ro/invocations"
-
-
-async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[int, bytes]:
-    """One keep-alive request on an open connection: the status and body of its answer."""
-    head = (
-        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    writer.write(head.encode() + body)
-    await writer.drain()
-    status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    headers = {
-        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines if line)
-    }
-    assert headers.get("connection", "").lower() != "close", headers
-    if "content-length" in headers:
-        return int(status_line.split()[1]), await reader.readexactly(int(headers["content-length"]))
-    assert headers.get("transfer-encoding") == "chunked", headers
-    chunks = []
-    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
-        chunks.append(await reader.readexactly(size))
-        await reader.readexactly(2)
-    await reader.readexactly(2)
-    return int(status_line.split()[1]), b"".join(chunks)
 
 
 async def test_1000_concurrent_connections_are_held_open_and_served(
@@ -60,9 +37,10 @@ async def test_1000_concurrent_connections_are_held_open_and_served(
             for round_number in (1, 2):  # the second round reuses every connection of the first
 
                 async def one(index: int, round_number: int = round_number) -> tuple[int, bytes]:
-                    reader, writer = connections[index]
                     body = json.dumps({"dataframe_records": [{"connection": index, "round": round_number}]})
-                    return await exchange(reader, writer, body.encode())
+                    answer = await rawhttp.exchange(connections[index], PATH, body.encode())
+                    assert not answer.closes, answer.headers
+                    return answer.status, answer.body
 
                 async with asyncio.timeout(60):  # a hang guard, not a timing assertion
                     answers = await asyncio.gather(*(one(i) for i in range(CONNECTIONS)))

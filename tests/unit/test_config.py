@@ -1,8 +1,9 @@
+import base64
 from pathlib import Path
 
 import pytest
 
-from proxy.config import OPTIONS, load
+from proxy.config import OPTIONS, EgressProxy, load
 from proxy.errors import ConfigError
 
 BASE_ENV = {"DATABRICKS_HOST": "my.cloud.databricks.com", "DATABRICKS_CLIENT_ID": "sp", "DATABRICKS_CLIENT_SECRET": "s"}
@@ -131,3 +132,53 @@ def test_workers_default_to_one_and_take_a_number_or_auto(tmp_path: Path, monkey
 def test_workers_refuse_anything_else_naming_the_key(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match=r"workers: expected auto or a whole number from 1 to 64"):
         load({"workers": value}, environ=BASE_ENV, home=tmp_path)
+
+
+def test_egress_proxy_from_the_standard_environment(tmp_path: Path) -> None:
+    env = {
+        **BASE_ENV,
+        "HTTPS_PROXY": "http://ops:p%40ss%20word@proxy.corp:3128/",
+        "NO_PROXY": " a.example, .b.example ",
+    }
+    proxy = load({}, environ=env, home=tmp_path).egress_proxy
+    assert proxy is not None
+    assert (proxy.host, proxy.port, proxy.no_proxy) == ("proxy.corp", 3128, ("a.example", ".b.example"))
+    assert proxy.authorization == "Basic " + base64.b64encode(b"ops:p@ss word").decode()
+    assert str(proxy) == "http://proxy.corp:3128"
+    assert "p@ss" not in repr(proxy) and "authorization" not in repr(proxy)
+    # lower case first, as curl and Python read them; no scheme means http://, no port means 80
+    env = {**BASE_ENV, "HTTPS_PROXY": "http://upper:1", "https_proxy": "lower.corp", "no_proxy": "x", "NO_PROXY": "y"}
+    proxy = load({}, environ=env, home=tmp_path).egress_proxy
+    assert proxy == EgressProxy("lower.corp", 80, None, ("x",))
+    assert load({}, environ={**BASE_ENV, "https_proxy": " ", "HTTPS_PROXY": "[::1]:3128"}, home=tmp_path).egress_proxy
+    assert load({}, environ={**BASE_ENV, "NO_PROXY": "*"}, home=tmp_path).egress_proxy is None
+    assert load({}, environ={**BASE_ENV, "HTTP_PROXY": "http://p:1"}, home=tmp_path).egress_proxy is None
+
+
+def test_egress_proxy_off_ignores_the_environment(tmp_path: Path) -> None:
+    env = {**BASE_ENV, "HTTPS_PROXY": "http://proxy.corp:3128"}
+    assert load({"egress_proxy": "off"}, environ=env, home=tmp_path).egress_proxy is None
+    assert load({}, environ={**env, "SERVING_SIDECAR_EGRESS_PROXY": "off"}, home=tmp_path).egress_proxy is None
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("egress_proxy: off\n")  # YAML reads an unquoted off as false
+    assert load({"config": str(config_file)}, environ=env, home=tmp_path).egress_proxy is None
+    config_file.write_text("egress_proxy: on\n")
+    with pytest.raises(ConfigError, match="egress_proxy \\(config file\\): must be one of auto, off, got 'on'"):
+        load({"config": str(config_file)}, environ=env, home=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("https://ops:hunter22@proxy.corp:3128", "an https:// proxy (TLS to the proxy itself) is not supported"),
+        ("socks5://ops:hunter22@proxy.corp:1080", "expected an http://HOST:PORT proxy URL"),
+        ("http://ops:hunter22@proxy.corp:99999", "the proxy URL is malformed"),
+        ("http://ops:hunter22@[::1:3128", "the proxy URL is malformed"),
+        ("http://ops:hunter22@:3128", "expected an http://HOST:PORT proxy URL"),
+    ],
+)
+def test_a_bad_proxy_url_is_a_config_error_without_the_password(tmp_path: Path, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load({}, environ={**BASE_ENV, "https_proxy": value}, home=tmp_path)
+    assert str(error.value).startswith("https_proxy: ") and message in str(error.value)
+    assert "hunter22" not in str(error.value)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+import trustme
 
 from proxy import errors
 from proxy.config import load
@@ -21,16 +23,18 @@ def over_the_wire(doc: object) -> object:
 
 def test_settings_travel_whole_except_the_client_secret(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
-    ca.write_text("x")
-    settings = load(
-        {"ca_bundle": str(ca), "endpoint": ["a", "b"], "workers": "2", "drain_delay": 0.5}, environ=ENV, home=tmp_path
-    )
+    trustme.CA().cert_pem.write_to_path(str(ca))
+    env = {**ENV, "HTTPS_PROXY": "http://ops:pw@proxy.corp:3128", "NO_PROXY": "a.example"}
+    flags = {"ca_bundle": str(ca), "endpoint": ["a", "b"], "workers": "2", "drain_delay": 0.5}
+    settings = load(flags, environ=env, home=tmp_path)
     doc = over_the_wire(wire.settings_to_wire(settings))
     assert "s3cret-value" not in json.dumps(doc)
     back = wire.settings_from_wire(doc)
     assert back.client_secret is None
-    assert back == settings.__class__(**{**settings.__dict__, "client_secret": None})
+    assert back == dataclasses.replace(settings, client_secret=None)
     assert back.ca_bundle == ca and back.endpoints == ("a", "b") and back.http_listen == settings.http_listen
+    assert back.egress_proxy == settings.egress_proxy and back.egress_proxy is not None  # workers tunnel too
+    assert back.egress_proxy.no_proxy == ("a.example",)
 
 
 def test_resolutions_round_trip_and_bad_ones_are_refused() -> None:

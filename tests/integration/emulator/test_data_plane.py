@@ -298,3 +298,39 @@ async def test_concurrent_invocations_are_counted(emulator: Emulator, client: ai
     snapshot = emulator.counters.snapshot()
     assert snapshot["invocations"] == {"fraud-ro": {"200": 20}}
     assert snapshot["invocations_in_flight"] == 0
+
+
+async def test_echo_endpoint_answers_the_body_byte_for_byte() -> None:
+    from proxy.emulator import EmulatorSettings, EndpointSpec
+
+    async with Emulator(EmulatorSettings(endpoints=[EndpointSpec("echo", "echo")])) as emu:
+        connector = aiohttp.TCPConnector(ssl=emu.client_ssl_context())
+        async with aiohttp.ClientSession(connector=connector) as session:
+            token = await data_plane_token(session, emu, "echo")
+            for body in (b"", b"{not json", bytes(range(256)) * 1000):
+                headers = {**bearer(token), "Content-Type": "image/png"}
+                async with session.post(emu.endpoint_url("echo"), data=body, headers=headers) as resp:
+                    assert resp.status == 200
+                    assert resp.headers["Content-Type"] == "application/octet-stream"
+                    assert resp.headers["served-model-name"] == "echo-1"
+                    assert await resp.read() == body
+        assert emu.counters.snapshot()["invocations"]["echo"] == {"200": 3}
+
+
+async def test_answer_bytes_knob_streams_filler_and_counts_it(
+    emulator: Emulator, client: aiohttp.ClientSession
+) -> None:
+    token = await data_plane_token(client, emulator, "fraud-ro")
+    size = 3 * 65536 + 7
+    async with client.post(
+        emulator.workspace_url + "/_emulator/faults", json={"answer_bytes": {"fraud-ro": size}}
+    ) as resp:
+        assert (await resp.json())["answer_bytes"] == {"fraud-ro": size}
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    async with client.post(emulator.endpoint_url("fraud-ro"), data=b'{"inputs": [1]}', headers=headers) as resp:
+        assert resp.status == 200
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        assert await resp.read() == b"x" * size
+    assert emulator.counters.snapshot()["answer_bytes_sent"] == size
+    emulator.faults.answer_bytes.clear()
+    assert (await invoke(client, emulator.endpoint_url("fraud-ro"), token, {"inputs": [1]}))[1] == {"predictions": [1]}

@@ -16,6 +16,11 @@ def test_patch_is_a_merge() -> None:
     assert (faults.latency, faults.close_after_requests) == ({"b": 2.0}, None)
     apply_patch(faults, {"latency": None})
     assert faults.latency == {}
+    apply_patch(faults, {"answer_bytes": {"a": 10, "b": 0}})
+    apply_patch(faults, {"answer_bytes": {"a": None, "c": 5}})
+    assert faults.answer_bytes == {"b": 0, "c": 5}
+    apply_patch(faults, {"answer_bytes": None})
+    assert faults.answer_bytes == {}
 
 
 @pytest.mark.parametrize(
@@ -30,6 +35,10 @@ def test_patch_is_a_merge() -> None:
         {"dp_token_ttl": float("nan")},
         {"metadata_failures": {"fraud-ro": 404}},
         {"metadata_failures": ["fraud-ro"]},
+        {"answer_bytes": {"a": -1}},
+        {"answer_bytes": {"a": 1.5}},
+        {"answer_bytes": {"a": True}},
+        {"answer_bytes": [1]},
     ],
 )
 def test_bad_patches_change_nothing(patch: dict[str, object]) -> None:
