@@ -12,22 +12,22 @@ Kubernetes: startupProbe -> /startupz, livenessProbe -> /healthz, readinessProbe
   for Jobs whose sidecar is an ordinary container. Only from a loopback address (the pod's own
   containers): the admin listener is on the pod IP for the kubelet and Prometheus, and they must not be
   able to stop it. Other methods: 405.
+Routing is `admin_handler`, a function of (method, path, peer) served by `downstream.plain.PlainServer`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from aiohttp import web
-
+from proxy.downstream.plain import Handler, PlainAnswer
 from proxy.metrics import CONTENT_TYPE, Metrics, Snapshot
 from proxy.readiness import Health
 
-__all__ = ["Health", "build_admin_app"]
+__all__ = ["Health", "admin_handler"]
 
-Gather = Callable[[], Awaitable[Sequence[Snapshot]]]  # other processes' metrics (--workers), read at each scrape
+Others = Callable[[], Sequence[Snapshot]]  # other processes' metrics (--workers), read at each scrape
 
 
 def is_loopback_peer(remote: str | None) -> bool:
@@ -40,50 +40,40 @@ def is_loopback_peer(remote: str | None) -> bool:
     return (mapped or address).is_loopback
 
 
-def _answer(code: int, status: str, reason: str) -> web.Response:
-    return web.Response(
-        status=code, text=json.dumps({"status": status, "reason": reason}), content_type="application/json"
-    )
+def _answer(code: int, status: str, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> PlainAnswer:
+    return PlainAnswer(code, json.dumps({"status": status, "reason": reason}).encode(), headers=headers)
 
 
-def build_admin_app(
+def admin_handler(
     health: Callable[[], Health],
     metrics: Metrics,
     *,
     on_quit: Sequence[Callable[[], None]] = (),
-    gather: Gather | None = None,
-) -> web.Application:
+    others: Others | None = None,
+) -> Handler:
     """The admin routes. `on_quit` is read at each POST /quitquitquit, so hooks added later are called too.
-    `gather`: the workers' metrics, added to this process's in /metrics."""
+    `others`: the workers' metrics (`--workers`), added to this process's in /metrics."""
 
-    def status(ok: bool, reason: str) -> web.Response:
+    def status(ok: bool, reason: str) -> PlainAnswer:
         return _answer(200 if ok else 503, "ok" if ok else "unavailable", reason)
 
-    async def healthz(_: web.Request) -> web.Response:
-        return status(True, "alive")
-
-    async def startupz(_: web.Request) -> web.Response:
-        current = health()
-        return status(current.started, "started" if current.started else "starting")
-
-    async def readyz(_: web.Request) -> web.Response:
+    def readyz() -> PlainAnswer:
         current = health()
         metrics.ready.set(1 if current.ready else 0)
         return status(current.ready, current.reason())
 
-    async def metrics_handler(_: web.Request) -> web.Response:
-        metrics.ready.set(1 if health().ready else 0)
-        others = await gather() if gather is not None else ()
-        response = web.Response(body=metrics.exposition(others))
-        response.headers["Content-Type"] = CONTENT_TYPE
-        return response
+    def startupz() -> PlainAnswer:
+        current = health()
+        return status(current.started, "started" if current.started else "starting")
 
-    async def quitquitquit(request: web.Request) -> web.Response:
-        if request.method != "POST":
-            response = _answer(405, "refused", "POST /quitquitquit stops the sidecar")
-            response.headers["Allow"] = "POST"
-            return response
-        if not is_loopback_peer(request.remote):
+    def scrape() -> PlainAnswer:
+        metrics.ready.set(1 if health().ready else 0)
+        return PlainAnswer(200, metrics.exposition(others() if others is not None else ()), content_type=CONTENT_TYPE)
+
+    def quitquitquit(method: str, peer: str | None) -> PlainAnswer:
+        if method != "POST":
+            return _answer(405, "refused", "POST /quitquitquit stops the sidecar", (("Allow", "POST"),))
+        if not is_loopback_peer(peer):
             return _answer(403, "refused", "only the pod's own containers (loopback) may stop the sidecar")
         if not on_quit:
             return _answer(503, "unavailable", "this process does not stop on request")
@@ -91,10 +81,21 @@ def build_admin_app(
             hook()
         return _answer(200, "ok", "stopping")
 
-    app = web.Application()
-    app.router.add_route("*", "/quitquitquit", quitquitquit)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/startupz", startupz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
-    return app
+    gets: dict[str, Callable[[], PlainAnswer]] = {
+        "/healthz": lambda: status(True, "alive"),
+        "/startupz": startupz,
+        "/readyz": readyz,
+        "/metrics": scrape,
+    }
+
+    def handle(method: str, path: str, peer: str | None) -> PlainAnswer:
+        if path == "/quitquitquit":
+            return quitquitquit(method, peer)
+        route = gets.get(path)
+        if route is None:
+            return _answer(404, "refused", f"no such route; try {', '.join(gets)}")
+        if method not in ("GET", "HEAD"):
+            return _answer(405, "refused", f"{path} answers GET", (("Allow", "GET"),))
+        return route()
+
+    return handle

@@ -23,13 +23,10 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
-
 from proxy import assembly
-from proxy.admin import build_admin_app
+from proxy.admin import admin_handler
 from proxy.config import Address, Settings
 from proxy.credentials.cache import Fetch, Token
 from proxy.credentials.oauth import OAuthClient, SecretReader
@@ -43,6 +40,7 @@ from proxy.credentials.sources import (
 )
 from proxy.downstream.grpc import GrpcFront
 from proxy.downstream.http import HttpFront
+from proxy.downstream.plain import PlainServer
 from proxy.endpoints import Resolution, Resolver, metadata_fetcher
 from proxy.errors import ConfigError, SidecarError
 from proxy.metrics import Metrics
@@ -73,24 +71,8 @@ class Listener(Protocol):
         """Stop accepting at once; give work in flight up to `grace` seconds, then cancel it."""
 
 
-@dataclass
-class _AiohttpListener:
-    runner: web.AppRunner
-    address: Address
-    port: int = 0
-    stopped: bool = field(default=False, repr=False)
-
-    async def stop(self, grace: float) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        for site in list(self.runner.sites):
-            await site.stop()  # no new connections
-        server = self.runner.server
-        if server is not None:
-            server.pre_shutdown()  # keep-alive connections close once their current request is answered
-            await server.shutdown(grace)  # handlers still running after `grace` are cancelled
-        await self.runner.cleanup()
+class _Starting(Listener, Protocol):
+    async def start(self, address: Address) -> int: ...
 
 
 class Sidecar:
@@ -99,13 +81,7 @@ class Sidecar:
         self.metrics = Metrics(registry)
         ssl_context = build_ssl_context(settings.ca_bundle)
         self.upstream = assembly.upstream(settings, self.metrics, ssl_context)
-        self.control = ControlPlane(
-            settings.host.split("://", 1)[-1],
-            ssl_context=ssl_context,
-            timeouts=assembly.timeouts(settings),
-            on_connect=self.metrics.observe_connect,
-            egress_proxy=settings.egress_proxy,
-        )
+        self.control = ControlPlane(self.upstream)
         self.oauth = OAuthClient(
             self.control.fetch,
             token_url=settings.token_url,
@@ -229,16 +205,10 @@ class Sidecar:
     async def start(self) -> None:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
         asyncio.get_running_loop().set_exception_handler(self._loop_exception)
-        gather = None if self.workers is None else self.workers.gather
-        admin = build_admin_app(self.health, self.metrics, on_quit=self.on_quit, gather=gather)
+        others = None if self.workers is None else self.workers.snapshots
+        admin = PlainServer(admin_handler(self.health, self.metrics, on_quit=self.on_quit, others=others))
         await self._listen(ADMIN, admin, self.settings.admin_listen)
-        http: HttpFront | Workers = self.http_front if self.workers is None else self.workers
-        try:
-            await http.start(self.settings.http_listen)
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConfigError(f"http-listen: cannot listen on {self.settings.http_listen}: {reason}") from None
-        self._listeners["http"] = http
+        await self._listen("http", self.http_front if self.workers is None else self.workers, self.settings.http_listen)
         await self.grpc_front.start(self.settings.grpc_listen)
         self._listeners["grpc"] = self.grpc_front
         # One line once all are bound: a port in use is then the only line a failed start writes.
@@ -262,21 +232,14 @@ class Sidecar:
         retried = f"; {failing} failed token(s) retried at once" if failing else ""
         log.info("SIGHUP: %s; fetching a new workspace token now%s", what, retried)
 
-    async def _listen(self, name: str, app: web.Application, address: Address) -> None:
-        # handler_cancellation: a caller that hangs up cancels its handler, which closes the upstream request.
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, auto_decompress=False, handler_cancellation=True
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, address.host, address.port, backlog=1024, reuse_address=True)
+    async def _listen(self, name: str, listener: _Starting, address: Address) -> None:
+        """Bind `listener`; an address in use is a configuration error naming the option."""
         try:
-            await site.start()
+            await listener.start(address)
         except OSError as exc:
-            await runner.cleanup()
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConfigError(f"{name}-listen: cannot listen on {address}: {reason}") from None
-        port = int(runner.addresses[0][1]) if runner.addresses else address.port
-        self._listeners[name] = _AiohttpListener(runner, address, port)
+        self._listeners[name] = listener
 
     def _bound(self, name: str) -> Address:
         configured: Address = getattr(self.settings, f"{name}_listen")
@@ -338,7 +301,6 @@ class Sidecar:
         self.readiness.close()
         await self.credentials.close()
         self.upstream.close()
-        await self.control.close()
 
 
 def _log_egress(settings: Settings) -> None:

@@ -27,13 +27,15 @@ import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from proxy import __version__, config, logs, manifests, probe
+from proxy import __version__, config, logs, manifests
 from proxy.app import Sidecar
 from proxy.errors import ConfigError, InjectError, SidecarError
 from proxy.inject import AUTH_MODES, InjectOptions, inject
-from proxy.injector import Injector
+
+if TYPE_CHECKING:
+    from proxy.injector import Injector
 
 log = logging.getLogger("serving_sidecar")
 CONFIG_ERROR_LIMIT = 500  # characters of a configuration error message
@@ -298,6 +300,8 @@ def _injector(args: argparse.Namespace) -> int:
     except (InjectError, ConfigError) as error:
         print(f"serving-sidecar injector: {error}", file=sys.stderr)
         return 2
+    from proxy.injector import Injector  # aiohttp's server: loaded for this command only
+
     return asyncio.run(_run_injector(Injector(options, listen, Path(args.tls_cert), Path(args.tls_key))))
 
 
@@ -328,6 +332,8 @@ def _wait(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"serving-sidecar wait: configuration error: {error}", file=sys.stderr)
         return 2
+    from proxy import probe  # aiohttp's client: loaded for this command only
+
     outcome = asyncio.run(probe.wait_ready(admin, max(0.0, args.timeout)))
     url = probe.readyz_url(admin)
     if outcome.ready:

@@ -5,8 +5,8 @@ Rules:
 1. The parser is a security boundary. Answered 400 and closed, nothing forwarded: whatever llhttp refuses
    (Content-Length with Transfer-Encoding, duplicate or invalid Content-Length, bad chunk sizes, obs-fold,
    bad header names or values, bare LF), HTTP versions other than 1.0 and 1.1, a Transfer-Encoding other
-   than `chunked`, upgrades. Over `max_headers` headers or `max_header_bytes` of request line and headers:
-   431 and closed.
+   than `chunked`, upgrades, no Host header in HTTP/1.1 or more than one (RFC 9112). Over `max_headers`
+   headers or `max_header_bytes` of request line and headers: 431 and closed.
 2. Requests on one connection are answered in order, one at a time; reading pauses while one waits.
 3. A body over MAX_BODY_BYTES is refused (413, closed) as soon as that is known: by Content-Length before
    any of it, or when the chunks pass the limit. Bodies still arriving share `max_buffered_request_bytes`;
@@ -123,6 +123,7 @@ class _Request:
     expect: bytes | None = None
     connection: bytes | None = None
     content_length = 0
+    hosts = 0
     request_id = ""
     head_bytes = 0
     header_count = 0
@@ -341,6 +342,8 @@ class HttpConnection(asyncio.Protocol):
         if request.transfer_encoding is not None and request.transfer_encoding.strip().lower() != b"chunked":
             raise self._refusing(InvalidRequest("Transfer-Encoding other than chunked is not supported"))
         request.http11 = version == "1.1"
+        if request.hosts > 1 or (request.http11 and not request.hosts):
+            raise self._refusing(InvalidRequest("an HTTP/1.1 request needs exactly one Host header"))
         request.keep_alive = parser.should_keep_alive()
         request.method = parser.get_method().decode("latin-1")
         if request.connection is not None:
@@ -475,6 +478,8 @@ class HttpConnection(asyncio.Protocol):
             request.expect = value
         elif lower == b"connection":
             request.connection = value
+        elif lower == b"host":
+            request.hosts += 1
         elif lower == b"content-length":  # llhttp has checked it: digits, once
             request.content_length = int(value)
         elif lower == b"x-request-id":

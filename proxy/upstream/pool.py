@@ -78,7 +78,10 @@ class Pool:
         self.origin = origin
         self.host = parts.netloc
         self._hostname = parts.hostname or ""
-        self._port = parts.port or 443
+        # TLS always, except a plain http:// workspace on loopback that configuration allowed explicitly
+        # (--allow-insecure-loopback-host); config and endpoints refuse every other plain URL.
+        self._tls = parts.scheme != "http"
+        self._port = parts.port or (443 if self._tls else 80)
         self._ssl_context = ssl_context
         self.size = size
         self.timeouts = timeouts
@@ -191,13 +194,17 @@ class Pool:
     async def _open(self) -> UpstreamConnection:
         try:
             async with asyncio.timeout(self.timeouts.connect):
-                _, conn = await egress.open_connection(
-                    self._proxy,
-                    lambda: UpstreamConnection(self),
-                    self._hostname,
-                    self._port,
-                    ssl_context=self._ssl_context,
-                )
+                if self._tls:
+                    _, conn = await egress.open_connection(
+                        self._proxy,
+                        lambda: UpstreamConnection(self),
+                        self._hostname,
+                        self._port,
+                        ssl_context=self._ssl_context,
+                    )
+                else:
+                    loop = asyncio.get_running_loop()
+                    _, conn = await loop.create_connection(lambda: UpstreamConnection(self), self._hostname, self._port)
         except TimeoutError:
             raise self._connect_failed("timeout", f"handshake timed out after {self.timeouts.connect:g} s") from None
         except ssl.SSLError as exc:

@@ -36,8 +36,9 @@ Tokens travel only over these anonymous socketpairs between the sidecar's own pr
 see the client secret: their settings come without it and their environment has no `DATABRICKS_*`.
 
 One set of metrics (`proxy.metrics`). Each worker keeps its own registry and sends the parent a
-snapshot every second, at each scrape and before it exits; /metrics adds them to the parent's own, with
-the names and labels of one process. Counters and histograms are totals over all processes, exited ones
+snapshot every second and before it exits; /metrics adds the latest ones to the parent's own (so a
+worker's figures are at most a second old, and a scrape never waits on a worker), with the names and
+labels of one process. Counters and histograms are totals over all processes, exited ones
 included (at most a second of a crashed worker's counts can be lost); `in_flight_requests` and
 `upstream_connections` are sums over the processes; token, resolution, readiness and build figures come
 from the parent. prometheus_client's multiprocess mode was not used: it drops custom collectors (the

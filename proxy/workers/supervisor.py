@@ -13,8 +13,8 @@
    START_TIMEOUT s is killed, which counts as an exit.
 4. `stop(grace)`: accepting stops at once, every worker gets `stop {grace}` (one not yet talking gets
    SIGTERM), and all have grace + STOP_MARGIN s to exit before they are killed. Nothing restarts then.
-5. `gather()` (each scrape) asks every serving worker for a fresh snapshot, waiting at most
-   SCRAPE_TIMEOUT s for each, and falls back to the one it last pushed.
+5. `snapshots()` (each scrape) is what every worker last sent (each sends one a second, and a last one
+   before it exits), with the exited workers' totals: at most a second old, and never waiting on a worker.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.config import Address, Settings
-from proxy.errors import ConfigError, SidecarError
+from proxy.errors import ConfigError
 from proxy.metrics import Snapshot, combine, snapshot_from_wire, totals_only
 from proxy.workers.authority import Authority
 from proxy.workers.channel import Channel, Message
@@ -43,7 +43,6 @@ from proxy.workers.wire import settings_to_wire
 log = logging.getLogger("serving_sidecar")
 
 STOP_MARGIN = 1.0
-SCRAPE_TIMEOUT = 1.0
 START_TIMEOUT = 30.0
 _PRIVATE_ENV_PREFIXES = ("DATABRICKS_", "SERVING_SIDECAR_")
 
@@ -136,10 +135,9 @@ class Workers:
             if slot.channel is not None:
                 slot.channel.note(op, **fields)
 
-    async def gather(self) -> list[Snapshot]:
+    def snapshots(self) -> list[Snapshot]:
         """Rule 5: every worker's share of the metrics, the exited ones' totals included."""
-        fresh = await asyncio.gather(*(self._snapshot(slot) for slot in self._slots))
-        return [self._retired, *fresh]
+        return [self._retired, *(slot.latest for slot in self._slots)]
 
     async def stop(self, grace: float) -> None:
         """Rule 4."""
@@ -265,22 +263,6 @@ class Workers:
         if op == "hello":
             return {"settings": settings_to_wire(self.settings)}
         return await self.authority.on_call(op, message)
-
-    async def _snapshot(self, slot: _Slot) -> Snapshot:
-        channel = slot.channel
-        if channel is None or not slot.serving:
-            return slot.latest
-        try:
-            async with asyncio.timeout(SCRAPE_TIMEOUT):
-                reply = await channel.call("metrics")
-            snapshot = snapshot_from_wire(reply.get("snapshot"))
-        except (SidecarError, TimeoutError, ValueError) as error:
-            log.debug("HTTP worker %d gave no metrics (%r): using its last push", slot.index, error)
-            return slot.latest
-        if slot.channel is not channel:
-            return {}  # it exited meanwhile: its totals are in `retired` already
-        slot.latest = snapshot
-        return snapshot
 
     async def _wait_exits(self, slots: list[_Slot], seconds: float) -> None:
         tasks = [slot.task for slot in slots if slot.task is not None]

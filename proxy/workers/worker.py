@@ -139,9 +139,7 @@ class Worker:
             raise ValueError(f"unknown note {op!r}")
 
     async def on_call(self, op: str, message: Message) -> Message:
-        if op == "metrics":
-            return {"snapshot": self.metrics.snapshot() if self.metrics is not None else {}}
-        raise ValueError(f"unknown request {op!r}")
+        raise ValueError(f"unknown request {op!r}")  # the parent only sends notes
 
     async def warm(self, settings: Settings) -> None:
         assert self.forwarder is not None

@@ -84,6 +84,13 @@ def total(text: str, name: str, **labels: str) -> float:
     return found
 
 
+async def requests_are(sidecar: SidecarProcess, count: int) -> bool:
+    """`serving_sidecar_requests_total` is `count`; more is a failure at once (never an over-count)."""
+    found = total(await metrics_text(sidecar), "serving_sidecar_requests_total")
+    assert found <= count, f"{found} requests counted, {count} made"
+    return found == count
+
+
 async def readiness(sidecar: SidecarProcess) -> tuple[int, str]:
     async with aiohttp.ClientSession() as session, session.get(sidecar.url("/readyz", "admin")) as resp:
         return resp.status, json.loads(await resp.text())["reason"]
@@ -142,6 +149,7 @@ async def test_two_workers_one_authority_one_set_of_metrics_and_a_clean_stop(emu
     assert counters["token_grants"]["jwt_bearer"] == 1, counters
     assert counters["metadata_reads"] == {"fraud-ro": 1}, counters
 
+    await eventually(lambda: requests_are(sidecar, CALLS), "the workers' counts on /metrics")  # sent each second
     text = await metrics_text(sidecar)
     assert total(text, "serving_sidecar_requests_total") == CALLS
     assert total(text, "serving_sidecar_requests_total", endpoint="fraud-ro", front="http", code="200") == CALLS
@@ -166,7 +174,7 @@ async def test_a_killed_worker_is_replaced_and_calls_keep_succeeding(launch: Lau
     sidecar = await launch("--workers", "2", "--endpoint", "fraud-ro", "--drain-delay", "0")
     before = await asyncio.gather(*(call_over(sidecar, client, 10) for client in range(4)))
     assert before == [expected(client, 10) for client in range(4)]
-    await metrics_text(sidecar)  # a scrape collects every worker's counts: the killed one's are kept
+    await eventually(lambda: requests_are(sidecar, 40), "both workers' counts on /metrics")  # then kept
     victim = min(children(sidecar.process.pid))
 
     os.kill(victim, signal.SIGKILL)
@@ -181,8 +189,7 @@ async def test_a_killed_worker_is_replaced_and_calls_keep_succeeding(launch: Lau
     assert await readiness(sidecar) == (200, "ready"), sidecar.log()
     after = await asyncio.gather(*(call_over(sidecar, client, 10) for client in range(4)))
     assert after == [expected(client, 10) for client in range(4)]
-    text = await metrics_text(sidecar)
-    assert total(text, "serving_sidecar_requests_total", endpoint="fraud-ro", code="200") == 120
+    await eventually(lambda: requests_are(sidecar, 120), "120 calls counted: the killed worker's 20 kept")
 
     sidecar.signal(signal.SIGTERM)
     assert await sidecar.wait(15) == 0, sidecar.log()
@@ -199,7 +206,8 @@ async def test_a_401_in_one_worker_mints_once_and_every_worker_gets_the_new_toke
     emu.revoke_all_tokens()  # every token the sidecar holds now gets 401
 
     assert await call_over(sidecar, 0, 1) == expected(0, 1)  # one worker sees the 401; the parent mints anew
-    await metrics_text(sidecar)  # a round trip through every worker's channel: the new token was read first
+    # The parent sent the new token to every worker before that call was answered; the other worker reads
+    # it before it can have parsed a request on a connection opened after the answer.
     answers = await asyncio.gather(*(call_over(sidecar, client, 5) for client in range(4)))  # both workers
     assert answers == [expected(client, 5) for client in range(4)], sidecar.log()
     assert emu.counters.snapshot()["invocations"]["fraud-ro"]["401"] == 1  # the other worker never used the old one
@@ -346,6 +354,7 @@ async def test_the_grpc_front_stays_in_the_parent_with_the_same_tokens_and_metri
             assert answer.json_body == b'{"predictions":[1]}'
     assert await call_over(sidecar, 0, 5) == expected(0, 5)
 
+    await eventually(lambda: requests_are(sidecar, 10), "both fronts' calls on /metrics")
     text = await metrics_text(sidecar)
     assert total(text, "serving_sidecar_requests_total", front="grpc", code="200") == 5
     assert total(text, "serving_sidecar_requests_total", front="http", code="200") == 5

@@ -2,46 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from proxy.admin import Health, build_admin_app, is_loopback_peer
+from proxy.admin import Health, admin_handler, is_loopback_peer
+from proxy.config import Address
+from proxy.downstream.plain import Handler, PlainServer
 from proxy.metrics import Metrics
 
 HEALTH = Health(started=True, listening=True, credential_ok=True, draining=False)
 
 
 @asynccontextmanager
-async def admin_server(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+async def admin_server(handler: Handler) -> AsyncIterator[str]:
+    server = PlainServer(handler)
+    port = await server.start(Address("127.0.0.1", 0))
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/quitquitquit"
+        yield f"http://127.0.0.1:{port}/quitquitquit"
     finally:
-        await runner.cleanup()
+        await server.stop(1)
 
 
-def seen_from(remote: str) -> Callable[..., object]:
-    """A middleware that makes every request look as if it came from `remote` (only loopback is reachable here)."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Callable[..., object]) -> object:
-        return await handler(request.clone(remote=remote))  # type: ignore[operator]
-
-    return middleware
+def seen_from(remote: str, handler: Handler) -> Handler:
+    """`handler`, as if every request came from `remote` (only loopback is reachable here)."""
+    return lambda method, path, _peer: handler(method, path, remote)
 
 
 async def test_post_runs_the_hooks_and_other_methods_are_405() -> None:
     calls: list[str] = []
     hooks = [lambda: calls.append("stop")]
-    app = build_admin_app(lambda: HEALTH, Metrics(), on_quit=hooks)
-    async with admin_server(app) as url, aiohttp.ClientSession() as session:
+    handler = admin_handler(lambda: HEALTH, Metrics(), on_quit=hooks)
+    async with admin_server(handler) as url, aiohttp.ClientSession() as session:
         for method in ("GET", "PUT", "DELETE", "HEAD"):
             async with session.request(method, url) as resp:
                 assert resp.status == 405, method
@@ -56,9 +50,8 @@ async def test_post_runs_the_hooks_and_other_methods_are_405() -> None:
 
 async def test_only_loopback_peers_may_stop_it() -> None:
     calls: list[str] = []
-    app = build_admin_app(lambda: HEALTH, Metrics(), on_quit=[lambda: calls.append("stop")])
-    app.middlewares.append(seen_from("10.1.2.3"))  # type: ignore[arg-type]
-    async with admin_server(app) as url, aiohttp.ClientSession() as session, session.post(url) as resp:
+    handler = seen_from("10.1.2.3", admin_handler(lambda: HEALTH, Metrics(), on_quit=[lambda: calls.append("stop")]))
+    async with admin_server(handler) as url, aiohttp.ClientSession() as session, session.post(url) as resp:
         assert resp.status == 403
         assert "loopback" in (await resp.json())["reason"]
     assert calls == []
@@ -66,7 +59,7 @@ async def test_only_loopback_peers_may_stop_it() -> None:
 
 async def test_without_hooks_it_says_so() -> None:
     async with (
-        admin_server(build_admin_app(lambda: HEALTH, Metrics())) as url,
+        admin_server(admin_handler(lambda: HEALTH, Metrics())) as url,
         aiohttp.ClientSession() as session,
         session.post(url) as resp,
     ):

@@ -24,7 +24,7 @@ from proxy.endpoints import Resolution
 from proxy.errors import TokenError, UpstreamUnreachable
 from proxy.upstream import build_ssl_context
 from proxy.upstream.control import MAX_CONTROL_PLANE_BYTES, ControlPlane
-from proxy.upstream.pool import Timeouts
+from proxy.upstream.pool import Timeouts, Upstream
 from tests.integration.conftest import SidecarFactory, url
 from tests.integration.fakes import CaptureServer, OtherCA, TlsServer, sidecar_with
 
@@ -252,9 +252,8 @@ async def test_a_60_mb_control_plane_answer_is_not_read_whole(tmp_path: Path, ca
     ca = OtherCA()
     server = EndlessServer(ca)
     base = f"https://127.0.0.1:{server.port}"
-    upstream = ControlPlane(
-        f"127.0.0.1:{server.port}", ssl_context=build_ssl_context(ca.write(tmp_path / "ca.pem")), timeouts=Timeouts()
-    )
+    pools = Upstream(ssl_context=build_ssl_context(ca.write(tmp_path / "ca.pem")), pool_size=4, timeouts=Timeouts())
+    upstream = ControlPlane(pools)
     try:
         if caller == "metadata":
             with pytest.raises(UpstreamUnreachable, match=f"over {MAX_CONTROL_PLANE_BYTES} bytes"):
@@ -267,5 +266,5 @@ async def test_a_60_mb_control_plane_answer_is_not_read_whole(tmp_path: Path, ca
         assert await asyncio.to_thread(server.done.wait, 30)
     finally:
         server.close()
-        await upstream.close()
+        pools.close()
     assert server.sent < 16 * 1024 * 1024  # the reader stopped: the rest was never sent

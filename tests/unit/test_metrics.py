@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -10,7 +9,6 @@ from proxy import __version__
 from proxy.credentials.cache import FetchOutcome
 from proxy.forwarding import RequestRecord, UpstreamExchange, header_block
 from proxy.metrics import LATENCY_BUCKETS, Metrics
-from proxy.upstream.control import connect_result
 from proxy.upstream.pool import ConnectAttempt, PoolStats
 
 
@@ -79,18 +77,6 @@ def test_pool_gauges_are_read_at_scrape_time(metrics: Metrics) -> None:
     assert value(metrics, "serving_sidecar_upstream_connections", host="a:443", state="idle") == 5
     assert value(metrics, "serving_sidecar_upstream_connections", host="b:443", state="open") == 0
     assert b"# TYPE serving_sidecar_upstream_connections gauge" in metrics.exposition()
-
-
-@pytest.mark.parametrize(
-    ("exc", "result"),
-    [
-        (aiohttp.ConnectionTimeoutError(), "timeout"),
-        (aiohttp.ServerDisconnectedError(), None),
-        (aiohttp.ClientPayloadError("cut"), None),
-    ],
-)
-def test_connect_result_names_only_connect_failures(exc: BaseException, result: str | None) -> None:
-    assert connect_result(exc) == result
 
 
 def test_the_callers_authorization_request_id_and_hop_by_hop_headers_are_not_forwarded() -> None:
