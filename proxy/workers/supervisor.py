@@ -119,6 +119,14 @@ class Workers:
             raise ConfigError(f"workers: cannot start a worker process ({sys.executable}): {error.strerror}") from None
         return self.port
 
+    @property
+    def pids(self) -> list[int | None]:
+        """Each slot's current worker process id (None while it has none), in worker-number order."""
+        return [
+            None if slot.process is None or slot.process.returncode is not None else slot.process.pid
+            for slot in self._slots
+        ]
+
     def problem(self) -> str | None:
         """Rule 2."""
         if self._restarts.crash_looping(self._clock()):
@@ -230,9 +238,20 @@ class Workers:
             log.error(
                 "HTTP workers are crash-looping (%d exits within %.0f s): the sidecar is not ready", LIMIT, WINDOW
             )
-        await asyncio.sleep(delay)
-        if not self._stopping:
-            await self._spawn(slot)
+        await self._respawn(slot, delay)
+
+    async def _respawn(self, slot: _Slot, delay: float) -> None:
+        """Start the slot's next worker after `delay`; a failed start counts as one more exit."""
+        while True:
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self._spawn(slot)
+                return
+            except OSError as error:
+                delay = self._restarts.exited(self._clock())
+                log.error("HTTP worker %d could not be started (%s); trying again in %.1f s", slot.index, error, delay)
 
     def _forget(self, slot: _Slot) -> None:
         was_serving, slot.serving = slot.serving, False
