@@ -21,13 +21,14 @@ import errno
 import logging
 import math
 import os
+import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy import assembly
 from proxy.admin import admin_handler
-from proxy.config import Address, Settings
+from proxy.config import Address, ListenAddress, Settings, UnixAddress
 from proxy.credentials.cache import Fetch, Token
 from proxy.credentials.oauth import OAuthClient, SecretReader
 from proxy.credentials.sources import (
@@ -57,7 +58,8 @@ log = logging.getLogger("serving_sidecar")
 
 
 ADMIN = "admin"
-DESCRIPTORS_RECOVERY = 5.0  # seconds unready (and one log line) after accept() found no file descriptor
+DESCRIPTORS_RECOVERY = 5.0  # seconds unready (and one log line) after running out of file descriptors
+DESCRIPTORS_RESERVE = 8  # descriptors below the open-files limit that already count as running out
 ADMIN_GRACE = 1.0  # seconds for a probe or scrape in progress when the admin listener closes
 
 
@@ -69,10 +71,6 @@ class Listener(Protocol):
 
     async def stop(self, grace: float) -> None:
         """Stop accepting at once; give work in flight up to `grace` seconds, then cancel it."""
-
-
-class _Starting(Listener, Protocol):
-    async def start(self, address: Address) -> int: ...
 
 
 class Sidecar:
@@ -112,7 +110,8 @@ class Sidecar:
         self.forwarder = assembly.forwarder(
             settings, self.resolver, self.credentials, self.upstream, self.metrics, self.observe_request
         )
-        self.http_front = HttpFront(self.forwarder, on_request=self.observe_request, limits=assembly.limits(settings))
+        self.surface = assembly.surface(settings, self.control.fetch, self.credentials.workspace, self.resolver)
+        self.http_front = assembly.http_front(settings, self.forwarder, self.observe_request, self.surface)
         self.grpc_front = GrpcFront(self.forwarder, self.observe_request, self.readiness)
         # --workers N > 1: N processes serve the HTTP front; this one keeps tokens, resolutions, gRPC and admin.
         self.authority: Authority | None = None
@@ -183,20 +182,29 @@ class Sidecar:
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """Running out of file descriptors is a condition, not a bug: readiness says so, and one log line per
-        DESCRIPTORS_RECOVERY seconds instead of a traceback per refused accept. Anything else: the default."""
+        DESCRIPTORS_RECOVERY seconds instead of a traceback per refused accept (asyncio's loop reports it
+        here; uvloop drops such connections silently, which `_watch_descriptors` notices). Else: the default."""
         exc = context.get("exception")
         if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
             loop.default_exception_handler(context)
             return
-        self.out_of_descriptors(exc)
+        self.out_of_descriptors(exc.strerror or "too many open files")
 
-    def out_of_descriptors(self, exc: OSError) -> None:
-        """accept() found no file descriptor (here, or in the `--workers` acceptor): unready for a while."""
+    def out_of_descriptors(self, why: str) -> None:
+        """No file descriptor left (accept() here or in the `--workers` acceptor, or the limit nearly met)."""
         now = time.monotonic()
         if now - self._descriptors_out_at > DESCRIPTORS_RECOVERY:
-            log.error("out of file descriptors (%s): new connections are refused; readiness is 503", exc.strerror)
+            log.error("out of file descriptors (%s): new connections are refused; readiness is 503", why)
         self._descriptors_out_at = now
         self.readiness.current()
+
+    async def _watch_descriptors(self) -> None:
+        """Once a second: open descriptors within DESCRIPTORS_RESERVE of the limit count as running out."""
+        while True:
+            await asyncio.sleep(1.0)
+            used, limit = descriptors()
+            if used is not None and used >= limit - DESCRIPTORS_RESERVE:
+                self.out_of_descriptors(f"{used} open, limit {limit}")
 
     def port(self, name: str) -> int:
         """The bound port of listener `name` ("http", "grpc", "admin"): useful with port 0."""
@@ -207,9 +215,13 @@ class Sidecar:
         asyncio.get_running_loop().set_exception_handler(self._loop_exception)
         others = None if self.workers is None else self.workers.snapshots
         admin = PlainServer(admin_handler(self.health, self.metrics, on_quit=self.on_quit, others=others))
-        await self._listen(ADMIN, admin, self.settings.admin_listen)
-        await self._listen("http", self.http_front if self.workers is None else self.workers, self.settings.http_listen)
-        await self.grpc_front.start(self.settings.grpc_listen)
+        await self._listen(ADMIN, admin, admin.start(self.settings.admin_listen), self.settings.admin_listen)
+        http = self.settings.http_listen
+        front: HttpFront | Workers = self.http_front if self.workers is None else self.workers
+        await self._listen("http", front, front.start(http), http)
+        await self.grpc_front.start(
+            self.settings.grpc_listen, socket_mode=self.settings.socket_mode, socket_group=self.settings.socket_group
+        )
         self._listeners["grpc"] = self.grpc_front
         # One line once all are bound: a port in use is then the only line a failed start writes.
         log.info("listening: %s", ", ".join(f"{name} on {self._bound(name)}" for name in ("http", "grpc", ADMIN)))
@@ -217,6 +229,7 @@ class Sidecar:
         self.credentials.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._warm_configured()))
+        self._tasks.append(loop.create_task(self._watch_descriptors()))
         if self.settings.client_secret_file is not None:
             watcher = watch_file(self.settings.client_secret_file, self.credentials.workspace.retry_now)
             self._tasks.append(loop.create_task(watcher))
@@ -232,18 +245,21 @@ class Sidecar:
         retried = f"; {failing} failed token(s) retried at once" if failing else ""
         log.info("SIGHUP: %s; fetching a new workspace token now%s", what, retried)
 
-    async def _listen(self, name: str, listener: _Starting, address: Address) -> None:
-        """Bind `listener`; an address in use is a configuration error naming the option."""
+    async def _listen(
+        self, name: str, listener: Listener, starting: Coroutine[Any, Any, int], address: ListenAddress
+    ) -> None:
+        """Bind `listener` (`starting` is its start); an address in use is a configuration error naming the option."""
         try:
-            await listener.start(address)
+            await starting
         except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConfigError(f"{name}-listen: cannot listen on {address}: {reason}") from None
+            if not exc.errno:  # our own message (a Unix socket file in the way) already names the address
+                raise ConfigError(f"{name}-listen: {exc}") from None
+            raise ConfigError(f"{name}-listen: cannot listen on {address}: {os.strerror(exc.errno)}") from None
         self._listeners[name] = listener
 
-    def _bound(self, name: str) -> Address:
-        configured: Address = getattr(self.settings, f"{name}_listen")
-        return Address(configured.host, self.port(name))
+    def _bound(self, name: str) -> ListenAddress:
+        configured: ListenAddress = getattr(self.settings, f"{name}_listen")
+        return configured if isinstance(configured, UnixAddress) else Address(configured.host, self.port(name))
 
     async def _warm_configured(self) -> None:
         for name in self.settings.endpoints:
@@ -313,6 +329,15 @@ def _log_egress(settings: Settings) -> None:
             " (with credentials)" if proxy.authorization else "",
             ",".join(proxy.no_proxy) or "(none)",
         )
+
+
+def descriptors() -> tuple[int | None, int]:
+    """(open file descriptors of this process, or None where /proc is missing; the soft open-files limit)."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        return len(os.listdir("/proc/self/fd")), limit
+    except OSError as exc:  # listing takes a descriptor too: none left means exactly what we look for
+        return (limit, limit) if exc.errno in (errno.EMFILE, errno.ENFILE) else (None, limit)
 
 
 def _secret_reader(settings: Settings) -> SecretReader | None:

@@ -1,5 +1,5 @@
-"""The data path assembled from Settings: upstream pools, the forwarder, the HTTP front's limits and the
-hook that turns each answered request into metrics and an access-log line.
+"""The data path assembled from Settings: upstream pools, the forwarder, the HTTP front with its local
+routes (`surface`), and the hook that turns each answered request into metrics and an access-log line.
 
 One assembly per process: the sidecar itself (`app.Sidecar`), or each worker of `--workers N`
 (`workers.worker`), which hands it the parent's resolutions and tokens through the same small interfaces
@@ -9,16 +9,19 @@ One assembly per process: the sidecar itself (`app.Sidecar`), or each worker of 
 from __future__ import annotations
 
 import ssl
+from typing import Protocol
 
 from proxy import logs
 from proxy.admission import Admission
 from proxy.config import Settings
 from proxy.credentials.cache import TokenSources
-from proxy.downstream.http import Limits
-from proxy.endpoints import Resolutions
+from proxy.downstream.http import HttpFront, Limits
+from proxy.endpoints import HttpFetch, Resolutions, TokenSource
 from proxy.forwarding import Forwarder, RequestRecord
 from proxy.metrics import UNRESOLVED, Metrics
 from proxy.retries import RetryBudget, RetryPolicy
+from proxy.surface import Surface
+from proxy.surface.workspace import WorkspaceReads
 from proxy.upstream.pool import Timeouts, Upstream
 
 MAX_LABELS = 1024  # endpoint names remembered as metric labels (the resolver caches as many)
@@ -122,4 +125,28 @@ def limits(settings: Settings) -> Limits:
         max_buffered_request_bytes=settings.max_buffered_request_bytes,
         max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
+    )
+
+
+class KnownNames(Resolutions, Protocol):
+    def known(self) -> list[str]:
+        """The names resolved now."""
+
+
+def surface(settings: Settings, fetch: HttpFetch, workspace_token: TokenSource, resolutions: KnownNames) -> Surface:
+    """The local routes: workspace reads with the workspace token, the endpoint list from what is known."""
+    return Surface(
+        WorkspaceReads(fetch, workspace_token, settings.host),
+        lambda: {*settings.endpoints, *resolutions.known()},
+    )
+
+
+def http_front(settings: Settings, forwarder: Forwarder, observer: RequestObserver, local: Surface) -> HttpFront:
+    return HttpFront(
+        forwarder,
+        on_request=observer,
+        limits=limits(settings),
+        surface=local,
+        socket_mode=settings.socket_mode,
+        socket_group=settings.socket_group,
     )

@@ -468,6 +468,8 @@ async def _demo(args: argparse.Namespace) -> int:
 def _demo_banner(settings: config.Settings, names: list[str]) -> str:
     base = f"http://{settings.http_listen}"
     curl = "curl -s -H 'Content-Type: application/json'"
+    if isinstance(settings.http_listen, config.UnixAddress):
+        base, curl = "http://localhost", f"{curl} --unix-socket {settings.http_listen.path}"
     examples = [
         ("fraud-ro", '{"dataframe_records": [{"amount": 12.5, "items": 3}]}'),
         ("chat-ro", '{"messages": [{"role": "user", "content": "hello there"}], "stream": true}'),
@@ -484,7 +486,7 @@ def _demo_banner(settings: config.Settings, names: list[str]) -> str:
     ]
     return "\n".join(
         [
-            f"serving-sidecar demo: emulated workspace at {settings.host}, sidecar at {base}",
+            f"serving-sidecar demo: emulated workspace at {settings.host}, sidecar at {settings.http_listen}",
             f"endpoints: {', '.join(names)}; metrics at http://{settings.admin_listen}/metrics",
             "try:",
             *(f"  {curl} {base}/serving-endpoints/{name}/invocations -d '{body}'" for name, body in examples),

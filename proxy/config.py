@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import base64
 import configparser
+import grp
 import ipaddress
 import math
 import os
+import re
 import ssl
 import sys
 from collections.abc import Callable, Mapping
@@ -41,6 +43,8 @@ from proxy.cpus import usable_cpus
 from proxy.errors import ConfigError
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+UNIX_PREFIX = "unix:"
+MAX_SOCKET_PATH = 107  # bytes of sun_path on Linux, without the terminating NUL
 ENV_PREFIX = "SERVING_SIDECAR_"
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -86,11 +90,29 @@ class EgressProxy:
 
 
 @dataclass(frozen=True)
+class UnixAddress:
+    """A Unix domain socket path, `unix:/run/serving-sidecar/http.sock`: local by nature, and file
+    permissions (`--socket-mode`, `--socket-group`) decide who may connect."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return f"{UNIX_PREFIX}{self.path}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return True
+
+
+ListenAddress = Address | UnixAddress
+
+
+@dataclass(frozen=True)
 class Option:
     """One setting: its flag `--name`, env var `SERVING_SIDECAR_NAME`, YAML key `name` (dashes as underscores)."""
 
     name: str
-    kind: Literal["str", "int", "float", "bool", "list", "choice"]
+    kind: Literal["str", "int", "float", "bool", "list", "choice", "mode"]
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -131,8 +153,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("token-file", "str", None, "workload identity: projected service-account token file"),
     Option("token-audience", "str", None, "workload identity: audience of that token (default: token URL)"),
-    Option("http-listen", "str", "127.0.0.1:8484", "HTTP listener for local callers"),
-    Option("grpc-listen", "str", "127.0.0.1:8485", "gRPC listener for local callers"),
+    Option("http-listen", "str", "127.0.0.1:8484", "HTTP listener for local callers: HOST:PORT or unix:/PATH"),
+    Option("grpc-listen", "str", "127.0.0.1:8485", "gRPC listener for local callers: HOST:PORT or unix:/PATH"),
+    Option(
+        "socket-mode",
+        "mode",
+        "0660",
+        "permission bits (octal) of unix: listener sockets; a caller needs write permission to connect",
+    ),
+    Option("socket-group", "str", None, "group (name or id) that owns unix: listener sockets"),
     Option("admin-listen", "str", "127.0.0.1:8486", "admin listener: /healthz /readyz /startupz /metrics"),
     Option(
         "allow-remote-clients",
@@ -247,8 +276,8 @@ class Settings:
     auth: str
     token_file: Path | None
     token_audience: str | None
-    http_listen: Address
-    grpc_listen: Address
+    http_listen: ListenAddress
+    grpc_listen: ListenAddress
     admin_listen: Address
     allow_remote_clients: bool
     ca_bundle: Path | None
@@ -285,6 +314,8 @@ class Settings:
     access_log: bool = False
     allow_insecure_loopback_host: bool = False
     egress_proxy: EgressProxy | None = None  # from HTTPS_PROXY and NO_PROXY unless --egress-proxy off
+    socket_mode: int = 0o660
+    socket_group: int | None = None  # gid; None keeps the process's group
 
     def __repr__(self) -> str:
         secret = "set" if self.client_secret else "unset"
@@ -347,6 +378,7 @@ _EXPECTED = {
     "float": "a number",
     "bool": "true or false",
     "list": "a list of names",
+    "mode": "an octal mode such as 0660",
 }
 
 
@@ -359,6 +391,7 @@ def _parse(opt: Option, value: Any, where: str) -> Any:
         "float": _parse_float,
         "bool": _parse_bool,
         "list": _parse_list,
+        "mode": _parse_mode,
     }
     if opt.kind == "choice" and isinstance(value, bool):  # YAML reads an unquoted off/on as a boolean
         value = "on" if value else "off"
@@ -432,6 +465,22 @@ def _parse_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, list | tuple):
         return tuple(_parse_str(item) for item in value)
     raise ValueError(value)
+
+
+def _parse_mode(value: Any) -> int:
+    """Permission bits: an octal string ("0660", "660", "0o660"), or a YAML number (YAML reads 0660 as octal)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        mode = value
+    else:
+        text = str(value).strip().lower().removeprefix("0o")
+        if not re.fullmatch(r"[0-7]{1,4}", text):
+            raise ValueError(value)
+        mode = int(text, 8)
+    if not 0 <= mode <= 0o777:
+        raise ValueError(value)
+    return mode
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -552,6 +601,8 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         access_log=raw["access_log"],
         allow_insecure_loopback_host=insecure_ok,
         egress_proxy=_egress_proxy(raw["egress_proxy"], env),
+        socket_mode=_socket_mode(raw["socket_mode"]),
+        socket_group=_socket_group(raw["socket_group"]),
     )
 
 
@@ -620,9 +671,17 @@ def _client_id(raw: Mapping[str, Any], env: Mapping[str, str], profile: Mapping[
     raise ConfigError("client-id: set DATABRICKS_CLIENT_ID (the service principal's application id)")
 
 
-def _listen_addresses(raw: Mapping[str, Any]) -> dict[str, Address]:
-    """The three listen addresses; HTTP and gRPC must be loopback unless remote clients are allowed."""
-    listens = {key: _address(raw[key], key) for key in ("http_listen", "grpc_listen", "admin_listen")}
+def _listen_addresses(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The three listen addresses; HTTP and gRPC must be loopback (or Unix sockets) unless remote clients
+    are allowed. The admin listener is TCP only: kubelet probes and Prometheus scrapes need a port."""
+    listens: dict[str, Any] = {key: _listen_address(raw[key], key) for key in ("http_listen", "grpc_listen")}
+    if str(raw["admin_listen"]).startswith(UNIX_PREFIX):
+        raise ConfigError(
+            "admin-listen: needs HOST:PORT; kubelet probes and Prometheus scrapes cannot use a Unix socket"
+        )
+    listens["admin_listen"] = _address(raw["admin_listen"], "admin_listen")
+    if listens["http_listen"] == listens["grpc_listen"] and isinstance(listens["http_listen"], UnixAddress):
+        raise ConfigError(f"grpc-listen: {listens['grpc_listen']} is also the HTTP listener's socket")
     if not raw["allow_remote_clients"]:
         for key in ("http_listen", "grpc_listen"):
             if not listens[key].is_loopback:
@@ -665,6 +724,39 @@ def _check_insecure_host(hostname: str, allowed: bool) -> None:
             f"host: --allow-insecure-loopback-host accepts http:// only for a loopback host, not {hostname!r}; "
             "use https://"
         )
+
+
+def _listen_address(value: str, key: str) -> ListenAddress:
+    text = str(value)
+    if not text.startswith(UNIX_PREFIX):
+        return _address(text, key)
+    # unix:/abs/path, or grpc's unix:///abs/path spelling
+    path = "/" + text.removeprefix(UNIX_PREFIX).lstrip("/") if text.startswith(UNIX_PREFIX + "/") else ""
+    flag = key.replace("_", "-")
+    if not path or path == "/":
+        raise ConfigError(f"{flag}: expected unix:/ABSOLUTE/PATH, got {value!r}")
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ConfigError(f"{flag}: socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
+    return UnixAddress(Path(path))
+
+
+def _socket_mode(value: Any) -> int:
+    try:
+        return _parse_mode(value)
+    except ValueError:
+        raise ConfigError(f"socket-mode: expected an octal mode such as 0660, got {value!r}") from None
+
+
+def _socket_group(value: str | None) -> int | None:
+    if value is None or str(value) == "":
+        return None
+    text = str(value)
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ConfigError(f"socket-group: no group named {text!r} on this machine") from None
 
 
 def _address(value: str, key: str) -> Address:

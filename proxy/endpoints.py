@@ -166,7 +166,8 @@ class Resolver:
         self._fetch = fetch
         self._workspace_url = workspace_url
         self._ttl = ttl
-        self._found: LRUCache[str, _Entry] = LRUCache(MAX_CACHED)
+        # A plain dict (oldest dropped beyond MAX_CACHED, see `_store`): `peek` is on every request's path.
+        self._found: dict[str, _Entry] = {}
         self._failed: LRUCache[str, _Failure] = LRUCache(MAX_CACHED)
         self._inflight: dict[str, asyncio.Task[Resolution]] = {}
         self._rechecked: dict[str, float] = {}
@@ -179,6 +180,10 @@ class Resolver:
 
     def __repr__(self) -> str:
         return f"Resolver(cached={sorted(self._found)}, failed={sorted(self._failed)}, new_names={self._new_names!r})"
+
+    def known(self) -> list[str]:
+        """The names resolved and cached now, sorted."""
+        return sorted(self._found)
 
     def cached(self, name: str) -> Resolution | None:
         entry = self._found.get(name)
@@ -264,6 +269,11 @@ class Resolver:
 
         return done
 
+    def _store(self, name: str, entry: _Entry) -> None:
+        if name not in self._found and len(self._found) >= MAX_CACHED:
+            del self._found[next(iter(self._found))]  # the oldest name
+        self._found[name] = entry
+
     async def _lookup(self, name: str) -> Resolution:
         try:
             resolution = await self._read(name)
@@ -282,7 +292,7 @@ class Resolver:
             raise
         self._failed.pop(name, None)
         old = self._found.get(name)
-        self._found[name] = _Entry(resolution, self._clock() + self._ttl)
+        self._store(name, _Entry(resolution, self._clock() + self._ttl))
         if old is not None and old.resolution != resolution:
             await self._changed(old.resolution)
         return resolution
@@ -339,26 +349,33 @@ class HttpFetch(Protocol):
     ) -> tuple[int, CIMultiDict[str], bytes]: ...
 
 
+async def workspace_get(http: HttpFetch, token: TokenSource, url: str) -> tuple[int, CIMultiDict[str], bytes]:
+    """GET a workspace API URL with the workspace token; a 401 mints a new token and tries once more."""
+    for attempt in range(2):
+        access_token = await token.get()
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+        status, reply_headers, body = await http("GET", url, headers=headers)
+        if status == 401 and attempt == 0:
+            token.invalidate(access_token)
+            continue
+        return status, reply_headers, body
+    raise AssertionError("unreachable")
+
+
 def metadata_fetcher(http: HttpFetch, token: TokenSource, workspace_url: str) -> MetadataFetch:
-    """GET an endpoint's metadata with the workspace token; a 401 mints a new token and tries once more.
+    """GET an endpoint's metadata with the workspace token (`workspace_get`).
 
     401/403 that persist become `WorkspaceRefused` with the workspace's own error code and message.
     """
 
     async def fetch(name: str) -> tuple[int, bytes]:
-        url = f"{workspace_url}/api/2.0/serving-endpoints/{quote(name, safe='')}"
-        for attempt in range(2):
-            access_token = await token.get()
-            headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
-            status, _, body = await http("GET", url, headers=headers)
-            if status == 401 and attempt == 0:
-                token.invalidate(access_token)
-                continue
-            if status in (401, 403):
-                code, message = _error_fields(body)
-                raise WorkspaceRefused(status, code, f"workspace API refused endpoint '{name}': {message}")
-            return status, body
-        raise AssertionError("unreachable")
+        status, _, body = await workspace_get(
+            http, token, f"{workspace_url}/api/2.0/serving-endpoints/{quote(name, safe='')}"
+        )
+        if status in (401, 403):
+            code, message = _error_fields(body)
+            raise WorkspaceRefused(status, code, f"workspace API refused endpoint '{name}': {message}")
+        return status, body
 
     return fetch
 

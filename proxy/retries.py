@@ -114,6 +114,7 @@ class RetryBudget:
         self._slot_seconds = window / self.SLOTS
         self._clock = clock
         self._slots: deque[list[int]] = deque()  # [slot number, requests, retries], oldest first
+        self._slot_ends = -math.inf  # clock() at which the newest slot ends: until then it is the current one
 
     def __repr__(self) -> str:
         requests, retries = self._totals()
@@ -125,6 +126,7 @@ class RetryBudget:
             self._slots.popleft()
         if not self._slots or self._slots[-1][0] != number:
             self._slots.append([number, 0, 0])
+        self._slot_ends = (number + 1) * self._slot_seconds
         return self._slots[-1]
 
     def _totals(self) -> tuple[int, int]:
@@ -135,7 +137,11 @@ class RetryBudget:
         return self.ratio * requests + self.min_per_second * self.window
 
     def record_request(self) -> None:
-        self._current()[1] += 1
+        """One new request (on every request's path: the current slot is found without rounding)."""
+        if self._clock() < self._slot_ends:
+            self._slots[-1][1] += 1
+        else:
+            self._current()[1] += 1
 
     def try_retry(self) -> bool:
         requests, retries = self._totals()

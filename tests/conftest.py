@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from proxy.emulator import Emulator, EmulatorSettings
+
+# Modules whose async tests run on both event loops (`--event-loop uvloop|asyncio`): the fronts, the
+# transport and the fault suite. The rest run on asyncio's own loop.
+BOTH_LOOPS = frozenset(
+    {
+        "test_sidecar_http.py",
+        "test_grpc_front.py",
+        "test_faults.py",
+        "test_hostile_requests.py",
+        "test_slow_clients.py",
+        "test_upstream_pool.py",
+        "test_many_connections.py",
+        "test_metrics.py",
+        "test_clients.py",
+        "test_egress_tunnel.py",
+    }
+)
+ASYNCIO_ONLY: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+BOTH: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Any]:
+    return BOTH if item.path.name in BOTH_LOOPS else ASYNCIO_ONLY
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 token per (invocation URL, authorization details), minted from the workspace token by jwt-bearer exchange.
 
 Which token may go where: `targets.token_kind` (a worker of `--workers` checks the same without this
-module's OAuth and JWT libraries).
+module's OAuth library).
 """
 
 from __future__ import annotations
@@ -100,6 +100,9 @@ def check_audience(token: str, audience: str, source: Path) -> None:
         )
 
 
+MAX_TARGETS = 4096  # (URL, authorization details) pairs remembered as checked
+
+
 class Credentials:
     """The workspace token and the data-plane tokens derived from it.
 
@@ -121,11 +124,12 @@ class Credentials:
     ) -> None:
         """`on_token(key, token)` runs whenever a token is obtained, refreshes included."""
         self._oauth = oauth
+        self._on_token = on_token
         self._workspace_url = workspace_url
         self._clock = clock
         self._observer = observer
-        self._on_token = on_token
         self.data_plane = TokenCache()
+        self._targets: dict[tuple[str, str | None], RefreshingToken] = {}  # for_target's checked answers
         self.workspace = RefreshingToken(
             workspace_fetch,
             kind="workspace",
@@ -165,16 +169,26 @@ class Credentials:
 
         BadMetadata when no token may go to `url` (`token_kind`): nothing is minted or sent then.
         """
+        key = (url, authorization_details)
+        found = self._targets.get(key)
+        if found is not None:  # checked before: the steady path is one look-up
+            return found
         kind = token_kind(url, authorization_details, self._workspace_url)
         if kind == "workspace" or authorization_details is None:
-            return self.workspace
-        key = (url, authorization_details)
-        return self.data_plane.get_or_create(
-            key,
-            lambda: self._token(self._exchange_fetch(authorization_details), kind="data_plane", label=label, key=key),
-        )
+            found = self.workspace
+        else:
+            pair = (url, authorization_details)
+            fetch = self._exchange_fetch(authorization_details)
+            found = self.data_plane.get_or_create(
+                pair, lambda: self._token(fetch, kind="data_plane", label=label, key=pair)
+            )
+        if len(self._targets) >= MAX_TARGETS:
+            self._targets.clear()
+        self._targets[key] = found
+        return found
 
     async def forget(self, url: str, authorization_details: str | None) -> None:
+        self._targets.pop((url, authorization_details), None)
         if authorization_details is not None:
             await self.data_plane.discard((url, authorization_details))
 

@@ -47,7 +47,8 @@ from grpc_reflection.v1alpha import reflection
 
 from proxy import logs, routing
 from proxy._proto.servingsidecar.v1 import serving_proxy_pb2 as pb
-from proxy.config import MAX_BODY_BYTES, Address
+from proxy.config import MAX_BODY_BYTES, Address, ListenAddress, UnixAddress
+from proxy.downstream import unix
 from proxy.downstream.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from proxy.downstream.health import HealthService
 from proxy.downstream.sse import SseSplitter
@@ -356,7 +357,8 @@ class GrpcFront:
         self._readiness = readiness
         readiness.subscribe(lambda health: self.health.set(health.ready))
         self._server: Any = None
-        self.port = 0
+        self._socket_file: unix.SocketFile | None = None
+        self.port = 0  # stays 0 on a Unix socket
 
     @property
     def in_flight(self) -> int:
@@ -366,13 +368,20 @@ class GrpcFront:
         state = "stopped" if self._server is None else f"port={self.port}"
         return f"GrpcFront({state}, {self.health!r})"
 
-    async def start(self, address: Address) -> int:
-        """Bind `address` (port 0: any free port), start serving; return the bound port."""
+    async def start(self, address: ListenAddress, *, socket_mode: int = 0o660, socket_group: int | None = None) -> int:
+        """Bind `address` (port 0: any free port; a Unix socket gets `socket_mode` and `socket_group`
+        before serving starts), start serving; return the bound port (0 for a Unix socket)."""
         server = grpc.aio.server(options=SERVER_OPTIONS)
         _add_serving_proxy(self.service, server)
         self.health.add_to(server)
         reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
-        self.port = _bind(server, address)
+        if isinstance(address, UnixAddress):
+            unix.claim(address.path)
+            with unix.private_umask():  # grpc makes the file itself: owner-only until secured
+                _bind(server, address)
+            self._socket_file = unix.secure(address.path, mode=socket_mode, group=socket_group)
+        else:
+            self.port = _bind(server, address)
         await server.start()
         self._server = server
         self.health.set(self._readiness.current().ready)
@@ -388,6 +397,9 @@ class GrpcFront:
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
+        if self._socket_file is not None:
+            self._socket_file.remove()
+            self._socket_file = None
 
 
 def _add_serving_proxy(service: ServingProxyService, server: Any) -> None:
@@ -408,8 +420,9 @@ def _add_serving_proxy(service: ServingProxyService, server: Any) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-def _bind(server: Any, address: Address) -> int:
-    _probe(address)
+def _bind(server: Any, address: ListenAddress) -> int:
+    if isinstance(address, Address):
+        _probe(address)
     try:
         port = int(server.add_insecure_port(str(address)))
     except RuntimeError as exc:

@@ -39,7 +39,8 @@ from typing import cast
 import httptools
 
 from proxy import logs, routing
-from proxy.config import MAX_BODY_BYTES, Address
+from proxy.config import MAX_BODY_BYTES, ListenAddress, UnixAddress
+from proxy.downstream import unix
 from proxy.errors import (
     BodyTooLarge,
     EndpointNotFound,
@@ -58,6 +59,7 @@ from proxy.forwarding import (
     RequestRecord,
     default_headers,
 )
+from proxy.surface import Forward, LocalAnswer, LocalRequest, Surface
 from proxy.transport import Advice, Head
 
 log = logging.getLogger("serving_sidecar")
@@ -67,6 +69,7 @@ SWEEP_INTERVAL = 1.0
 NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 _NO_BODY = frozenset({204, 304})
 MAX_ROUTES = 1024
+LOCAL = "(local routes)"  # the admission key of requests the surface answers (or forwards by their body)
 _NO_ADVICE: Advice = []
 _UNKNOWN = routing.Route("")  # a cache miss
 _ROUTE_HELP = (
@@ -131,6 +134,9 @@ class _Request:
     http11 = True
     keep_alive = True
     route: routing.Route | None = None
+    routed = False  # `route` was looked up
+    pairs: list[tuple[bytes, bytes]] | None = None  # every header, kept only for a local route
+    task: asyncio.Task[None] | None = None  # a local route being answered
     error: SidecarError | None = None
     body_size = 0
     buffered = 0
@@ -153,10 +159,22 @@ class _Request:
 class HttpFront:
     """The HTTP listener: accepts connections, bounds them, sweeps their timeouts, drains them."""
 
-    def __init__(self, forwarder: Forwarder, *, on_request: RequestHook, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        *,
+        on_request: RequestHook,
+        limits: Limits | None = None,
+        surface: Surface | None = None,
+        socket_mode: int = 0o660,
+        socket_group: int | None = None,
+    ) -> None:
         self.forwarder = forwarder
         self.on_request = on_request
         self.limits = limits or Limits()
+        self.surface = surface  # every route but the invocations one: OpenAI, workspace reads, OAuth facade
+        self._socket = (socket_mode, socket_group)
+        self._socket_file: unix.SocketFile | None = None
         self.connections: set[HttpConnection] = set()
         self.buffered = 0  # request-body bytes of requests still arriving (rule 3)
         self.routes: dict[bytes, routing.Route | None] = {}  # request target -> route, for repeat callers
@@ -170,12 +188,18 @@ class HttpFront:
     def __repr__(self) -> str:
         return f"HttpFront(port={self.port}, connections={len(self.connections)}, in_flight={self.in_flight})"
 
-    async def start(self, address: Address) -> int:
+    async def start(self, address: ListenAddress) -> int:
+        """Listen on a TCP address or a Unix socket (made with its mode and group before it listens)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: HttpConnection(self), address.host, address.port, backlog=1024, reuse_address=True
-        )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        if isinstance(address, UnixAddress):
+            mode, group = self._socket
+            sock, self._socket_file = unix.listening_socket(address.path, mode=mode, group=group)
+            self._server = await loop.create_unix_server(lambda: HttpConnection(self), sock=sock)
+        else:
+            self._server = await loop.create_server(
+                lambda: HttpConnection(self), address.host, address.port, backlog=1024, reuse_address=True
+            )
+            self.port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
         return self.port
 
@@ -207,6 +231,9 @@ class HttpFront:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self._socket_file is not None:
+            self._socket_file.remove()
+            self._socket_file = None
 
     def settled(self) -> None:
         """A request ended: a drain waiting for quiet looks again."""
@@ -282,6 +309,8 @@ class HttpConnection(asyncio.Protocol):
         if current is not None:
             if current.exchange is not None:
                 current.exchange.cancel()
+            if current.task is not None:
+                current.task.cancel()
             if current.status == "error":
                 current.status = 499  # the caller left before its answer
             self._release(current)
@@ -321,6 +350,10 @@ class HttpConnection(asyncio.Protocol):
         request.head_bytes += len(name) + len(value) + 4
         if request.header_count > self._limits.max_headers or request.head_bytes > self._limits.max_header_bytes:
             raise self._refusing(HeadersTooLarge("too many or too large request headers"))
+        if not request.routed:
+            self._route(request)  # the target is complete once headers come
+        if request.pairs is not None:
+            request.pairs.append((name, value))
         lower = name.lower()
         if lower in NOT_FORWARDED:
             self._note_header(request, lower, value)
@@ -492,6 +525,16 @@ class HttpConnection(asyncio.Protocol):
         length = request.content_length
         if length > MAX_BODY_BYTES:
             raise self._refusing(BodyTooLarge(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}"))
+        if not request.routed:
+            self._route(request)
+        if request.route is None:
+            if self._front.surface is None:
+                request.error = EndpointNotFound(_ROUTE_HELP)
+        elif request.method != "POST":
+            request.error = MethodNotAllowed(f"method {request.method} not allowed: invocations take POST")
+
+    def _route(self, request: _Request) -> None:
+        """The invocation route of the request's target (cached per target), or None: a local route."""
         routes = self._front.routes
         route = routes.get(request.url, _UNKNOWN)
         if route is _UNKNOWN:
@@ -499,11 +542,9 @@ class HttpConnection(asyncio.Protocol):
             if len(routes) >= MAX_ROUTES:
                 routes.clear()
             routes[request.url] = route
-        request.route = route
-        if request.route is None:
-            request.error = EndpointNotFound(_ROUTE_HELP)
-        elif request.method != "POST":
-            request.error = MethodNotAllowed(f"method {request.method} not allowed: invocations take POST")
+        request.route, request.routed = route, True
+        if route is None and self._front.surface is not None:
+            request.pairs = []
 
     def _next(self) -> None:
         if self._current is not None or not self._waiting:
@@ -515,6 +556,12 @@ class HttpConnection(asyncio.Protocol):
         if request.error is not None:
             self._answer(request, request.error)
             return
+        if request.route is None:
+            self._go_local(request)
+            return
+        self._forward(request)
+
+    def _forward(self, request: _Request) -> None:
         assert request.route is not None
         try:
             self._front.forwarder.admission.acquire(request.route.endpoint)
@@ -538,6 +585,57 @@ class HttpConnection(asyncio.Protocol):
             log.exception("internal error while serving a request")
             request.exchange.cancel()
             self.fail(SidecarError(f"internal error in serving-sidecar ({type(exc).__name__}); see its log"), advice=[])
+
+    def _go_local(self, request: _Request) -> None:
+        """A route the surface answers (a coroutine: it may ask the workspace) or forwards by the body."""
+        try:
+            self._front.forwarder.admission.acquire(LOCAL)
+        except Overloaded as error:
+            self._answer(request, error)
+            return
+        context = logs.context_for(request.request_id)
+        request.task = asyncio.get_running_loop().create_task(self._serve_local(request), context=context)
+
+    async def _serve_local(self, request: _Request) -> None:
+        assert self._front.surface is not None
+        local = LocalRequest(
+            request.method,
+            request.url.decode("latin-1"),
+            tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in request.pairs or ()),
+            b"".join(request.body),
+        )
+        answer: LocalAnswer | Forward | SidecarError
+        try:
+            answer = await self._front.surface.answer(local)
+        except Exception as exc:  # a bug, not a condition
+            log.exception("internal error while answering a local route")
+            answer = SidecarError(f"internal error in serving-sidecar ({type(exc).__name__}); see its log")
+        finally:
+            self._front.forwarder.admission.release(LOCAL)
+            request.task = None
+        if self._current is not request:
+            return  # the caller left meanwhile
+        if isinstance(answer, Forward):
+            request.route = routing.Route(answer.endpoint, answer.served_model)
+            self._forward(request)
+        elif isinstance(answer, SidecarError):
+            self._answer(request, answer)
+        else:
+            self._answer_local(request, answer)
+
+    def _answer_local(self, request: _Request, answer: LocalAnswer) -> None:
+        request.status = answer.status
+        if self._front.draining:
+            request.keep_alive = False
+        out = [_STATUS_LINES.get(answer.status) or _status_line(answer.status)]
+        lines = [*answer.headers, ("X-Request-Id", request.request_id), ("Content-Length", str(len(answer.body)))]
+        if not request.keep_alive:
+            lines.append(("Connection", "close"))
+        out.append("".join(f"{name}: {value}\r\n" for name, value in lines).encode("latin-1"))
+        out += (b"\r\n", answer.body)
+        request.bytes_sent = len(answer.body)
+        self._write(b"".join(out))
+        self._finish(request)
 
     def _answer(self, request: _Request, error: SidecarError, advice: Advice = _NO_ADVICE) -> None:
         """An answer the sidecar makes itself, for `request`."""

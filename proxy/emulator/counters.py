@@ -18,6 +18,9 @@
 - ``idle_closed_connections``: keep-alive connections closed by ``idle_close_after``.
 - ``answer_bytes_sent``: filler bytes of ``answer_bytes`` answers handed to connections so far (each
   write waits while the peer's transport is full, so this bounds what a slow reader was sent).
+- ``bearer_tokens``: requests (admin routes aside) that carried ``Authorization: Bearer``, by whether the
+  emulator issued that token: ``own`` (expired and revoked ones included) or ``foreign`` (anything else,
+  e.g. a caller's API key or a local token that should never have left the sidecar).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Counters:
     dropped_connections: int = 0
     idle_closed_connections: int = 0
     answer_bytes_sent: int = 0
+    bearer_tokens: Counter[str] = field(default_factory=Counter)
 
     def grant(self, grant: GrantType, kind: TokenKind) -> None:
         self.token_grants[grant] += 1
@@ -60,6 +64,9 @@ class Counters:
 
     def invocation(self, name: str, status: int) -> None:
         self.invocations.setdefault(name, Counter())[str(status)] += 1
+
+    def bearer_token(self, *, own: bool) -> None:
+        self.bearer_tokens["own" if own else "foreign"] += 1
 
     def connection_accepted(self, plane: Plane) -> None:
         self.connections[plane] += 1
@@ -88,4 +95,5 @@ class Counters:
             "dropped_connections": self.dropped_connections,
             "idle_closed_connections": self.idle_closed_connections,
             "answer_bytes_sent": self.answer_bytes_sent,
+            "bearer_tokens": {kind: self.bearer_tokens[kind] for kind in ("own", "foreign")},
         }

@@ -12,26 +12,41 @@ Answers (tests elsewhere check them):
   ``{"predictions": [3.5, 3]}``.
 - ``feature``: same input rule (``dataframe_records`` or ``dataframe_split``), answer
   ``{"outputs": [{...the record..., "score": <sum of its numeric leaves>}, ...]}``.
-- ``chat``: the body needs ``messages`` (a list of ``{role, content}``). The reply is
-  ``"echo: " + <content of the last user message>`` (``"echo: "`` when there is none).
-  Without ``"stream": true`` the answer is an OpenAI ``chat.completion`` object. With it, the answer
-  is one ``chat.completion.chunk`` per word of the reply: ``choices[0].delta.content`` is the word,
-  preceded by a space for every word but the first, so the deltas concatenate to the reply; the
-  last chunk has ``finish_reason: "stop"``. The server then sends ``data: [DONE]``.
+- ``chat``: the reply is ``"echo: " + <text of the last user message>`` (``"echo: "`` when there is
+  none), in the shape the request asks for:
+  - ``messages`` (a list of ``{role, content}``; chat completions): without ``"stream": true`` an OpenAI
+    ``chat.completion`` object. With it, one ``chat.completion.chunk`` per word of the reply:
+    ``choices[0].delta.content`` is the word, preceded by a space for every word but the first, so the
+    deltas concatenate to the reply; the last chunk has ``finish_reason: "stop"``.
+  - else ``input`` (a string, or a list of ``{role, content}`` items; the Responses API, as a Databricks
+    ``ResponsesAgent`` takes it): a ``response`` object whose ``output`` is one assistant ``message``
+    with one ``output_text``. Streamed: one ``response.output_text.delta`` event per word (same
+    spacing), then ``response.output_item.done`` with the whole message, then ``response.completed``.
+  - else ``prompt`` (a string; legacy completions): a ``text_completion`` object, ``choices[0].text``
+    the reply (``"echo: " + prompt``).
+  A streamed answer ends with ``data: [DONE]``.
+- ``embeddings``: the body needs ``input``, a string or a non-empty list of strings (OpenAI
+  embeddings). The answer is an OpenAI ``list`` of ``embedding`` objects, one per input in order, each
+  ``EMBEDDING_DIMENSIONS`` floats derived from the text's SHA-256 (byte ``b`` gives ``(b - 128) / 128``,
+  exact in float32). ``"encoding_format": "base64"`` sends each vector as base64 of little-endian
+  float32, as OpenAI does.
 - ``echo``: no model here: the data plane answers the request body itself, byte for byte, as
   ``application/octet-stream`` (any content type, JSON or not), so tests see exactly what arrived.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.emulator.settings import EndpointKind
 
+EMBEDDING_DIMENSIONS = 8
 INPUT_KEYS = ("dataframe_records", "dataframe_split", "inputs", "instances")
 _INPUT_KEYS_TEXT = "{" + ", ".join(f"'{k}'" for k in INPUT_KEYS) + "}"
 REQUIRED_INPUT_FORMAT = f"The input must be a JSON dictionary with exactly one of the input fields {_INPUT_KEYS_TEXT}"
@@ -60,6 +75,8 @@ def answer(kind: EndpointKind, body: object, *, model: str, created: int) -> Ans
     mapping = _require_dict(body)
     if kind == "chat":
         return _chat(mapping, model=model, created=created)
+    if kind == "embeddings":
+        return _embeddings(mapping, model=model)
     key, value = _single_input(mapping)
     if kind == "feature":
         return Answer({"outputs": [{**record, "score": numeric_sum(record)} for record in _records(key, value)]})
@@ -141,16 +158,37 @@ def _text(content: object) -> str:
 
 
 def _chat(body: Mapping[str, Any], *, model: str, created: int) -> Answer | StreamedAnswer:
+    """Chat completions (``messages``), else the Responses API (``input``), else completions (``prompt``)."""
+    if "messages" not in body and "input" in body:
+        return _response(body, model=model, created=created)
+    if "messages" not in body and "prompt" in body:
+        return _text_completion(body, model=model, created=created)
+    return _chat_completion(body, model=model, created=created)
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _pieces(reply: str) -> list[str]:
+    """The reply's words, each but the first with its leading space: they concatenate to the reply."""
+    return [word if i == 0 else " " + word for i, word in enumerate(reply.split(" "))]
+
+
+def _usage(prompt: object, reply: str) -> dict[str, int]:
+    usage = {"prompt_tokens": len(json.dumps(prompt).split()), "completion_tokens": len(reply.split())}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return usage
+
+
+def _chat_completion(body: Mapping[str, Any], *, model: str, created: int) -> Answer | StreamedAnswer:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidInput("Invalid input. 'messages' must be a non-empty list of {role, content} objects.")
     reply = chat_reply(messages)
-    digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
-    completion_id = "chatcmpl-" + digest[:24]
+    completion_id = "chatcmpl-" + _digest(messages)
     if body.get("stream") is True:
         return StreamedAnswer(_chunks(reply, completion_id, model, created))
-    usage = {"prompt_tokens": len(json.dumps(messages).split()), "completion_tokens": len(reply.split())}
-    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return Answer(
         {
             "id": completion_id,
@@ -158,14 +196,14 @@ def _chat(body: Mapping[str, Any], *, model: str, created: int) -> Answer | Stre
             "created": created,
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-            "usage": usage,
+            "usage": _usage(messages, reply),
         }
     )
 
 
 def _chunks(reply: str, completion_id: str, model: str, created: int) -> tuple[dict[str, Any], ...]:
-    words = reply.split(" ")
-    last = len(words) - 1
+    pieces = _pieces(reply)
+    last = len(pieces) - 1
     return tuple(
         {
             "id": completion_id,
@@ -175,10 +213,108 @@ def _chunks(reply: str, completion_id: str, model: str, created: int) -> tuple[d
             "choices": [
                 {
                     "index": 0,
-                    "delta": {"role": "assistant", "content": word if i == 0 else " " + word},
+                    "delta": {"role": "assistant", "content": piece},
                     "finish_reason": "stop" if i == last else None,
                 }
             ],
         }
-        for i, word in enumerate(words)
+        for i, piece in enumerate(pieces)
     )
+
+
+def _input_messages(value: object) -> list[Any]:
+    """The Responses API's ``input``: a string is one user message."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and value and all(isinstance(item, Mapping) for item in value):
+        return value
+    raise InvalidInput("Invalid input. 'input' must be a string or a non-empty list of {role, content} items.")
+
+
+def _response(body: Mapping[str, Any], *, model: str, created: int) -> Answer | StreamedAnswer:
+    messages = _input_messages(body.get("input"))
+    reply = chat_reply(messages)
+    digest = _digest(messages)
+    item: dict[str, Any] = {
+        "type": "message",
+        "id": "msg_" + digest,
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": reply, "annotations": []}],
+    }
+    usage = _usage(messages, reply)
+    response: dict[str, Any] = {
+        "id": "resp_" + digest,
+        "object": "response",
+        "created_at": created,
+        "model": model,
+        "status": "completed",
+        "output": [item],
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+        },
+    }
+    if body.get("stream") is not True:
+        return Answer(response)
+    events: list[dict[str, Any]] = [
+        {"type": "response.output_text.delta", "item_id": item["id"], "output_index": 0, "content_index": 0, "delta": p}
+        for p in _pieces(reply)
+    ]
+    events.append({"type": "response.output_item.done", "output_index": 0, "item": item})
+    events.append({"type": "response.completed", "response": response})
+    return StreamedAnswer(tuple({**event, "sequence_number": i} for i, event in enumerate(events)))
+
+
+def _text_completion(body: Mapping[str, Any], *, model: str, created: int) -> Answer | StreamedAnswer:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise InvalidInput("Invalid input. 'prompt' must be a string.")
+    reply = "echo: " + prompt
+    completion_id = "cmpl-" + _digest(prompt)
+    pieces = _pieces(reply) if body.get("stream") is True else [reply]
+    last = len(pieces) - 1
+    objects = tuple(
+        {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "text": piece, "finish_reason": "stop" if i == last else None, "logprobs": None}],
+        }
+        for i, piece in enumerate(pieces)
+    )
+    if body.get("stream") is True:
+        return StreamedAnswer(objects)
+    return Answer({**objects[0], "usage": _usage(prompt, reply)})
+
+
+def embedding(text: str) -> list[float]:
+    """The emulated embedding of ``text``: ``EMBEDDING_DIMENSIONS`` values in [-1, 1), exact in float32."""
+    return [(byte - 128) / 128 for byte in hashlib.sha256(text.encode()).digest()[:EMBEDDING_DIMENSIONS]]
+
+
+def _embeddings(body: Mapping[str, Any], *, model: str) -> Answer:
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise InvalidInput("Invalid input. 'input' must be a string or a non-empty list of strings.")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise InvalidInput(f"Invalid input. 'encoding_format' must be 'float' or 'base64', got {encoding!r}.")
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encoded(embedding(text), base64_format=encoding == "base64")}
+        for i, text in enumerate(texts)
+    ]
+    tokens = sum(len(text.split()) for text in texts)
+    return Answer(
+        {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    )
+
+
+def _encoded(vector: list[float], *, base64_format: bool) -> list[float] | str:
+    if not base64_format:
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

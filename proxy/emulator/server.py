@@ -36,6 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.emulator.access import bearer_token
 from proxy.emulator.admin import Admin
 from proxy.emulator.connections import ConnectionTracker, abort, should_drop, wait_for_cancellation
 from proxy.emulator.counters import Counters, Plane
@@ -47,7 +48,7 @@ from proxy.emulator.responses import databricks_error, error_code_for, oauth_err
 from proxy.emulator.settings import DEFAULT_WORKLOAD_SUBJECT, EmulatorSettings
 from proxy.emulator.state import EmulatorState
 from proxy.emulator.tls import Tls
-from proxy.emulator.tokens import TokenAuthority, WorkloadIssuer
+from proxy.emulator.tokens import NOT_ISSUED, TokenAuthority, TokenRejection, WorkloadIssuer
 from proxy.emulator.workspace import WorkspaceApi, authorization_details
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class Emulator:
 
     def _control_app(self) -> web.Application:
         state = self._require_state()
-        app = web.Application(middlewares=[self._connection_middleware, _error_middleware])
+        app = web.Application(middlewares=[self._connection_middleware, self._bearer_middleware, _error_middleware])
         Oidc(state).add_routes(app)
         WorkspaceApi(state).add_routes(app)
         Invocations(state, self._tracker).add_control_plane_routes(app)
@@ -189,7 +190,7 @@ class Emulator:
         return app
 
     def _data_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._connection_middleware, _error_middleware])
+        app = web.Application(middlewares=[self._connection_middleware, self._bearer_middleware, _error_middleware])
         Invocations(self._require_state(), self._tracker).add_data_plane_routes(app)
         return app
 
@@ -236,6 +237,16 @@ class Emulator:
             return await handler(request)
         finally:
             self._tracker.request_finished(connection)
+
+    @web.middleware
+    async def _bearer_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Counts every bearer token presented by whether this emulator issued it (signature check)."""
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is not None and not request.path.startswith(ADMIN_PREFIX):
+            state = self._require_state()
+            verdict = state.authority.verify(token, now=state.clock())
+            self._counters.bearer_token(own=not (isinstance(verdict, TokenRejection) and verdict.reason == NOT_ISSUED))
+        return await handler(request)
 
     # --- public API ------------------------------------------------------------------------------
 

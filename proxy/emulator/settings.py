@@ -22,7 +22,7 @@ import yaml
 
 from proxy.emulator.faults import Faults, FaultsError, apply_patch
 
-EndpointKind = Literal["custom", "feature", "chat", "echo"]
+EndpointKind = Literal["custom", "feature", "chat", "embeddings", "echo"]
 ENDPOINT_KINDS: tuple[str, ...] = get_args(EndpointKind)
 
 DEFAULT_WORKSPACE_ID = "1444828305810485"
@@ -44,7 +44,8 @@ class EndpointSpec:
     """One serving endpoint of the emulated workspace.
 
     kind: ``custom`` (MLflow pyfunc, answers ``predictions``), ``feature`` (feature spec, answers
-    ``outputs``), ``chat`` (agent, OpenAI chat shape, streams with ``"stream": true``) or ``echo``
+    ``outputs``), ``chat`` (agent: OpenAI chat completions, Responses API and completions shapes, streams
+    with ``"stream": true``) or ``embeddings`` (OpenAI embeddings shape) or ``echo``
     (answers the request body byte for byte: a probe of exactly what reached the upstream).
     latency: seconds added before every answer (the ``latency`` fault knob overrides it).
     stream_interval: seconds between SSE events of a streamed chat answer.
@@ -90,11 +91,13 @@ class FederationPolicy:
 
 
 def default_endpoints() -> list[EndpointSpec]:
-    """The demo set: a custom model, a feature spec, a streaming chat agent and one plain endpoint."""
+    """The demo set: a custom model, a feature spec, a streaming chat agent, an embedding model and one
+    plain endpoint."""
     return [
         EndpointSpec("fraud-ro", "custom"),
         EndpointSpec("features-ro", "feature"),
         EndpointSpec("chat-ro", "chat"),
+        EndpointSpec("embed-ro", "embeddings"),
         EndpointSpec("plain-model", "custom", route_optimized=False),
     ]
 

@@ -44,6 +44,9 @@ class TokenClaims:
         return self.expires_at - now
 
 
+NOT_ISSUED = "invalid token"  # the rejection reason for a token this authority never issued
+
+
 @dataclass(frozen=True)
 class TokenRejection:
     """Why a presented token is not acceptable. ``reason`` is a short phrase for messages."""
@@ -119,7 +122,7 @@ class TokenAuthority:
                 options={"verify_exp": False, "verify_iat": False, "require": ["exp", "sub", "jti"]},
             )
         except jwt.PyJWTError:
-            return TokenRejection("invalid token")
+            return TokenRejection(NOT_ISSUED)
         parsed = _claims(claims)
         if parsed is None:
             return TokenRejection("invalid token")

@@ -23,7 +23,7 @@ from proxy.emulator.responses import databricks_error, error_code_for, json_resp
 from proxy.emulator.state import EmulatorState
 from proxy.emulator.tokens import TokenClaims
 
-TASKS = {"custom": None, "feature": None, "chat": "agent/v1/chat", "echo": None}
+TASKS = {"custom": None, "feature": None, "chat": "agent/v1/chat", "embeddings": "llm/v1/embeddings", "echo": None}
 
 
 def host_metadata(state: EmulatorState) -> dict[str, Any]:

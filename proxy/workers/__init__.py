@@ -17,7 +17,7 @@ The alternatives, and why not:
   worker (8 connections on 2 workers all land on one about 1 time in 128); the connections waiting in
   a worker's accept queue are reset when it dies; port 0 and the "address in use" check need a parent
   bind anyway; any process of the same user can join the group and take a share of the traffic; and it
-  means nothing for a Unix socket (a second bind of the path fails).
+  cannot share a Unix socket (`--http-listen unix:PATH`: a second bind of the path fails).
 - one listening socket inherited by all workers, each accepting: no kernel balance at all; whichever
   worker wakes first takes a whole burst (libuv accepts until EAGAIN), so the same pile-up, decided by
   scheduling.

@@ -2,7 +2,9 @@
 
 Rules:
 1. The parent binds the HTTP listen address once (a taken port fails the start, as with one process;
-   port 0 picks one port for all) and is the only process that accepts on it.
+   port 0 picks one port for all; a Unix socket is made with its mode and group as one process makes
+   it, and removed on stop) and is the only process that accepts on it. Descriptor passing does not
+   care about the address family: workers serve Unix-socket callers exactly as TCP ones.
 2. The listening sockets are read only while at least one worker is serving; otherwise connections wait
    in the kernel's backlog (up to BACKLOG), so nothing is refused while a worker restarts.
 3. Each accepted connection goes to the next serving worker, round robin, so N connections opened at
@@ -11,7 +13,9 @@ Rules:
    serving worker; if none takes it, the connection is closed (the caller sees a reset and may retry).
 5. Out of file descriptors (EMFILE/ENFILE): accepting pauses for FD_PAUSE s and the sidecar is told
    (readiness says so for a while, as with one process).
-6. The worker side (`Inbox`) reads every descriptor waiting and hands each socket to the HTTP front.
+6. The worker side (`Inbox`) reads every descriptor waiting and hands each socket to the HTTP front. A
+   descriptor the kernel could not give it (the worker is out of them: MSG_CTRUNC) is a lost connection,
+   reported to `on_no_descriptors`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from proxy.config import Address
+from proxy.config import ListenAddress, UnixAddress
+from proxy.downstream import unix
 
 log = logging.getLogger("serving_sidecar")
 
@@ -44,8 +49,14 @@ class Target(Protocol):
     def handoff(self) -> socket.socket | None: ...
 
 
-def listen(address: Address) -> list[socket.socket]:
-    """Listening sockets for `address` (every address it resolves to, one port), non-blocking (rule 1)."""
+def listen(
+    address: ListenAddress, *, mode: int = 0o660, group: int | None = None
+) -> tuple[list[socket.socket], unix.SocketFile | None]:
+    """Listening sockets for `address` (every address a host resolves to, one port; or one Unix socket
+    file, secured with `mode` and `group` before it listens), non-blocking (rule 1)."""
+    if isinstance(address, UnixAddress):
+        sock, made = unix.listening_socket(address.path, mode=mode, group=group, backlog=BACKLOG)
+        return [sock], made
     infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     port = address.port
@@ -64,7 +75,7 @@ def listen(address: Address) -> list[socket.socket]:
         for sock in sockets:
             sock.close()
         raise
-    return sockets
+    return sockets, None
 
 
 class Acceptor:
@@ -72,13 +83,14 @@ class Acceptor:
 
     def __init__(
         self,
-        sockets: Sequence[socket.socket],
+        listening: tuple[list[socket.socket], unix.SocketFile | None],
         targets: Sequence[Target],
         *,
-        on_no_descriptors: Callable[[OSError], object] | None = None,
+        on_no_descriptors: Callable[[str], object] | None = None,
     ) -> None:
-        """`on_no_descriptors(error)`: accept() found no file descriptor (rule 5); logged when None."""
-        self._sockets = list(sockets)
+        """`listening` as `listen` returns it. `on_no_descriptors(why)`: accept() found no file descriptor
+        (rule 5); logged when None."""
+        self._sockets, self._socket_file = listening
         self._targets = targets
         self._on_no_descriptors = on_no_descriptors
         self._next = 0
@@ -91,7 +103,10 @@ class Acceptor:
 
     @property
     def port(self) -> int:
-        return int(self._sockets[0].getsockname()[1]) if self._sockets else 0
+        """The TCP port bound (0 for a Unix socket)."""
+        if not self._sockets or self._sockets[0].family == socket.AF_UNIX:
+            return 0
+        return int(self._sockets[0].getsockname()[1])
 
     def update(self) -> None:
         """Read the listening sockets if and only if a worker is serving (rule 2); call when that changes."""
@@ -116,6 +131,9 @@ class Acceptor:
         for sock in self._sockets:
             sock.close()
         self._sockets = []
+        if self._socket_file is not None:
+            self._socket_file.remove()
+            self._socket_file = None
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -146,7 +164,7 @@ class Acceptor:
 
     def _pause(self, error: OSError) -> None:
         if self._on_no_descriptors is not None:
-            self._on_no_descriptors(error)
+            self._on_no_descriptors(error.strerror or "too many open files")
         else:
             log.warning("cannot accept connections: %s; accepting again in %.0f s", error.strerror, FD_PAUSE)
         self._paused = asyncio.get_running_loop().call_later(FD_PAUSE, self._resume)
@@ -170,10 +188,17 @@ def _send(handoff: socket.socket, conn: socket.socket) -> bool:
 class Inbox:
     """The worker's end: descriptors from the parent become connections of the HTTP front (rule 6)."""
 
-    def __init__(self, handoff: socket.socket, adopt: Callable[[socket.socket], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        handoff: socket.socket,
+        adopt: Callable[[socket.socket], Awaitable[None]],
+        *,
+        on_no_descriptors: Callable[[], object] = lambda: None,
+    ) -> None:
         handoff.setblocking(False)
         self._handoff = handoff
         self._adopt = adopt
+        self._on_no_descriptors = on_no_descriptors
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading = False
         self.received = 0
@@ -194,11 +219,13 @@ class Inbox:
     def _receive(self) -> None:
         while self._reading:
             try:
-                data, fds, _, _ = socket.recv_fds(self._handoff, len(_MARK), 1)
+                data, fds, flags, _ = socket.recv_fds(self._handoff, len(_MARK), 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                data, fds = b"", []
+                data, fds, flags = b"", [], 0
+            if flags & socket.MSG_CTRUNC:
+                self._on_no_descriptors()  # the kernel dropped the connection: this process has no descriptor left
             if not data and not fds:
                 self.stop()  # the parent closed its end: no more connections come
                 return

@@ -174,6 +174,10 @@ class RemoteResolver:
     def cached(self, name: str) -> Resolution | None:
         return self._known.get(name)
 
+    def known(self) -> list[str]:
+        """The names this worker knows now (the endpoint list of the local routes)."""
+        return sorted(self._known)
+
     def peek(self, name: str) -> Resolution | None:
         resolution = self._known.get(name)
         if resolution is not None:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from proxy.config import Address, Settings
+from proxy.config import ListenAddress, Settings
 from proxy.errors import ConfigError
 from proxy.metrics import Snapshot, combine, snapshot_from_wire, totals_only
 from proxy.workers.authority import Authority
@@ -87,7 +87,7 @@ class Workers:
         restarts: Restarts | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[], object] = lambda: None,
-        on_no_descriptors: Callable[[OSError], object] | None = None,
+        on_no_descriptors: Callable[[str], object] | None = None,
     ) -> None:
         """`on_change` runs whenever a worker starts or stops serving (readiness follows it);
         `on_no_descriptors` when accepting finds no file descriptor."""
@@ -108,9 +108,10 @@ class Workers:
     def __repr__(self) -> str:
         return f"Workers(port={self.port}, slots={self._slots}, {self._restarts!r})"
 
-    async def start(self, address: Address) -> int:
+    async def start(self, address: ListenAddress) -> int:
         """Rule 1: bind, then spawn the workers (they serve once each says so)."""
-        self._acceptor = Acceptor(listen(address), self._slots, on_no_descriptors=self._on_no_descriptors)
+        listening = listen(address, mode=self.settings.socket_mode, group=self.settings.socket_group)
+        self._acceptor = Acceptor(listening, self._slots, on_no_descriptors=self._on_no_descriptors)
         self.port = self._acceptor.port
         try:
             for slot in self._slots:
@@ -275,6 +276,12 @@ class Workers:
             self._on_change()
         elif op == "metrics":
             slot.latest = snapshot_from_wire(message.get("snapshot"))
+        elif op == "no_descriptors":
+            why = f"HTTP worker {slot.index} lost a connection it had no descriptor for"
+            if self._on_no_descriptors is not None:
+                self._on_no_descriptors(why)
+            else:
+                log.warning("%s", why)
         else:
             self.authority.on_note(op, message)
 

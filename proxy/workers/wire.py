@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy import errors
-from proxy.config import Address, EgressProxy, Settings
+from proxy.config import Address, EgressProxy, ListenAddress, Settings, UnixAddress
 from proxy.endpoints import Resolution
 
 # Errors a worker may get back for a request it made; anything else arrives as a plain SidecarError.
@@ -114,6 +114,8 @@ def settings_to_wire(settings: Settings) -> dict[str, Any]:
             value = str(value)
         elif isinstance(value, Address):
             value = [value.host, value.port]
+        elif isinstance(value, UnixAddress):
+            value = {"unix": str(value.path)}
         elif isinstance(value, EgressProxy):
             value = {**dataclasses.asdict(value), "no_proxy": list(value.no_proxy)}
         elif isinstance(value, tuple):
@@ -132,16 +134,22 @@ def settings_from_wire(doc: Any) -> Settings:
         value, hint = doc.get(field.name), hints[field.name]
         if value is not None and hint in (Path, Path | None):
             value = Path(value)
-        elif hint is Address:
-            if not isinstance(value, list) or len(value) != 2:
-                raise ValueError(f"{field.name} must be [host, port]")
-            value = Address(str(value[0]), int(value[1]))
+        elif hint in (Address, ListenAddress):
+            value = _address_from_wire(field.name, value)
         elif value is not None and hint == EgressProxy | None:
             value = EgressProxy(**{**value, "no_proxy": tuple(value.get("no_proxy") or ())})
         elif isinstance(value, list):
             value = tuple(str(item) for item in value)
         values[field.name] = value
     return Settings(**values)
+
+
+def _address_from_wire(name: str, value: Any) -> ListenAddress:
+    if isinstance(value, dict) and isinstance(value.get("unix"), str):
+        return UnixAddress(Path(value["unix"]))
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError(f"{name} must be [host, port] or {{'unix': path}}")
+    return Address(str(value[0]), int(value[1]))
 
 
 def _text(doc: dict[str, Any], key: str) -> str:

@@ -37,6 +37,7 @@ from proxy.errors import SidecarError
 from proxy.forwarding import Forwarder
 from proxy.metrics import Metrics
 from proxy.upstream import build_ssl_context
+from proxy.upstream.control import ControlPlane
 from proxy.upstream.pool import Upstream
 from proxy.workers.channel import Channel, ChannelClosed, Message
 from proxy.workers.handoff import Inbox
@@ -82,7 +83,9 @@ class Worker:
         self.pools = assembly.upstream(settings, metrics, build_ssl_context(settings.ca_bundle))
         observer = assembly.RequestObserver(settings, metrics, self.resolver)
         self.forwarder = assembly.forwarder(settings, self.resolver, self.credentials, self.pools, metrics, observer)
-        self.front = HttpFront(self.forwarder, on_request=observer, limits=assembly.limits(settings))
+        # The local routes' workspace reads: one per caller's request, with the parent's workspace token.
+        local = assembly.surface(settings, ControlPlane(self.pools).fetch, self.credentials.workspace, self.resolver)
+        self.front = assembly.http_front(settings, self.forwarder, observer, local)
         metrics.watch_in_flight("http", lambda: self.front.in_flight if self.front is not None else 0)
         return self.front
 
@@ -93,7 +96,7 @@ class Worker:
         logs.configure(fmt=settings.log_format, level=settings.log_level, worker=self.index)
         front = self.build(settings)
         front.start_without_listener()
-        self.inbox = Inbox(handoff, front.adopt)
+        self.inbox = Inbox(handoff, front.adopt, on_no_descriptors=lambda: self.channel_note("no_descriptors"))
         self.inbox.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop, settings.drain_timeout)
@@ -115,6 +118,10 @@ class Worker:
             async with asyncio.timeout(FINAL_WRITE_TIMEOUT):
                 await writer.drain()
         self.channel.close()
+
+    def channel_note(self, op: str) -> None:
+        if self.channel is not None:
+            self.channel.note(op)
 
     def stop(self, grace: float) -> None:
         if not self.stopping.done():

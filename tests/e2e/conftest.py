@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -68,7 +69,9 @@ async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
     ca_file = emu.write_ca(tmp_path / "ca.pem")
     started: list[SidecarProcess] = []
 
-    async def start(*extra: str, ready: bool = True, env: dict[str, str | None] | None = None) -> SidecarProcess:
+    async def start(
+        *extra: str, ready: bool = True, env: dict[str, str | None] | None = None, open_files: int | None = None
+    ) -> SidecarProcess:
         http_port, admin_port = free_port(), free_port()
         output = tmp_path / f"sidecar-{len(started)}.log"
         environ = {
@@ -99,7 +102,9 @@ async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
             *extra,
         ]
         with output.open("wb") as sink:
-            process = subprocess.Popen(args, env=environ, stdout=sink, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+            process = subprocess.Popen(  # noqa: ASYNC220
+                args, env=environ, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_file_limit(open_files)
+            )
         sidecar = SidecarProcess(process, http_port, admin_port, output)
         started.append(sidecar)
         await _wait_ready(sidecar, statuses=(200,) if ready else (200, 503))
@@ -110,6 +115,13 @@ async def launch(emu: Emulator, tmp_path: Path) -> AsyncIterator[Launch]:
         if sidecar.process.poll() is None:
             sidecar.process.kill()
             await asyncio.to_thread(sidecar.process.wait, 10)
+
+
+def _file_limit(open_files: int | None) -> Callable[[], None] | None:
+    """A preexec function that caps the child's open files (RLIMIT_NOFILE), or None."""
+    if open_files is None:
+        return None
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
 
 async def _wait_ready(sidecar: SidecarProcess, statuses: tuple[int, ...] = (200,)) -> None:

@@ -55,8 +55,8 @@ def make_sidecar(emu: Emulator, tmp_path: Path) -> SidecarFactory:
     @asynccontextmanager
     async def make(*, wait_ready: bool = True, **overrides: Any) -> AsyncIterator[Sidecar]:
         sidecar = Sidecar(sidecar_settings(emu, ca_file, **overrides))
-        await sidecar.start()
         try:
+            await sidecar.start()  # inside: a start that fails half-way still closes what it opened
             if wait_ready:
                 assert await sidecar.wait_ready(10), sidecar.health().reason()
             yield sidecar

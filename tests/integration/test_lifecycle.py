@@ -128,6 +128,27 @@ async def test_drain_timeout_cuts_requests_that_take_longer(
             await asyncio.wait_for(slow, 5)
 
 
+async def test_the_whole_drain_is_bounded_by_delay_plus_timeout(
+    emu: Emulator, make_sidecar: SidecarFactory, client: aiohttp.ClientSession
+) -> None:
+    """A unary call and a stream that outlive the drain are both cut at drain_delay + drain_timeout, once
+    (the timeout is not spent twice, once per stage)."""
+    emu.faults.latency["fraud-ro"] = 30
+    emu.faults.latency["chat-ro"] = 30
+    chat = {"messages": [{"role": "user", "content": "hello there"}], "stream": True}
+    async with make_sidecar(drain_delay=0.5, drain_timeout=2) as sidecar:
+        unary = asyncio.create_task(client.post(url(sidecar, INVOKE.format("fraud-ro")), json=RECORDS))
+        stream = asyncio.create_task(client.post(url(sidecar, INVOKE.format("chat-ro")), json=chat))
+        await _until(lambda: in_flight(sidecar) == 2)
+        started = time.monotonic()
+        await asyncio.wait_for(sidecar.drain(), 10)
+        elapsed = time.monotonic() - started
+        assert 2.5 <= elapsed < 3.5, elapsed  # 0.5 + 2, with room for a loaded machine; twice would be 4.5
+        for call in (unary, stream):
+            with pytest.raises(aiohttp.ClientError):
+                await asyncio.wait_for(call, 5)
+
+
 def in_flight(sidecar: Sidecar) -> float | None:
     return sidecar.metrics.registry.get_sample_value("serving_sidecar_in_flight_requests", {"front": "http"})
 

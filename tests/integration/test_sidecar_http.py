@@ -165,14 +165,23 @@ async def test_path_tricks_reach_nothing_upstream(
         "/serving-endpoints/fraud-ro%2F..%2F..%2Fapi/invocations",
         "/serving-endpoints/%2e%2e/invocations",
         "/serving-endpoints/fraud-ro/served-models/..%2f..%2finvocations/invocations",
-        "/api/2.0/serving-endpoints",
-        "/oidc/v1/token",
+        "/serving-endpoints/chat/completions/../../api/2.0/serving-endpoints",
     ]
-    for trick in tricks:
+    refused = [  # the workspace API: read-only GETs of serving endpoints only
+        "/api/2.0/serving-endpoints",
+        "/api/2.0/serving-endpoints/fraud-ro%2F..%2F..%2Fpermissions",
+        "/api/2.0/serving-endpoints/../../2.0/secrets/list",
+    ]
+    for trick in [*tricks, *refused]:
         raw = URL(url(sidecar, trick), encoded=True)  # sent exactly as written, no client-side normalisation
         async with client.post(raw, data=b"{}", allow_redirects=False) as resp:
-            assert resp.status == 404, trick
-            assert (await resp.json())["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+            expected = (403, "PERMISSION_DENIED") if trick in refused else (404, "RESOURCE_DOES_NOT_EXIST")
+            assert (resp.status, (await resp.json())["error_code"]) == expected, trick
+    for trick in refused[1:]:  # a GET of anything but a plain endpoint name is refused as well
+        async with client.get(URL(url(sidecar, trick), encoded=True), allow_redirects=False) as resp:
+            assert resp.status == 403, trick
+    async with client.post(url(sidecar, "/oidc/v1/token"), data=b"{}") as resp:  # the local OAuth facade
+        assert (resp.status, (await resp.json())["error"]) == (400, "invalid_request")
     after = emu.counters.snapshot()
     assert after["invocations"] == before["invocations"]
     assert after["metadata_reads"] == before["metadata_reads"]

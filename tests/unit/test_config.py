@@ -1,9 +1,11 @@
 import base64
+import grp
+import os
 from pathlib import Path
 
 import pytest
 
-from proxy.config import OPTIONS, EgressProxy, load
+from proxy.config import OPTIONS, EgressProxy, UnixAddress, load
 from proxy.errors import ConfigError
 
 BASE_ENV = {"DATABRICKS_HOST": "my.cloud.databricks.com", "DATABRICKS_CLIENT_ID": "sp", "DATABRICKS_CLIENT_SECRET": "s"}
@@ -182,3 +184,48 @@ def test_a_bad_proxy_url_is_a_config_error_without_the_password(tmp_path: Path, 
         load({}, environ={**BASE_ENV, "https_proxy": value}, home=tmp_path)
     assert str(error.value).startswith("https_proxy: ") and message in str(error.value)
     assert "hunter22" not in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["http_listen", "grpc_listen"])
+@pytest.mark.parametrize("value", ["unix:/run/serving-sidecar/x.sock", "unix:///run/serving-sidecar/x.sock"])
+def test_unix_socket_listeners_are_local_by_nature(tmp_path: Path, key: str, value: str) -> None:
+    settings = load({key: value}, environ=BASE_ENV, home=tmp_path)  # no --allow-remote-clients needed
+    address = getattr(settings, key)
+    assert isinstance(address, UnixAddress)
+    assert address.path == Path("/run/serving-sidecar/x.sock")
+    assert str(address) == "unix:/run/serving-sidecar/x.sock"
+    assert address.is_loopback
+    assert (settings.socket_mode, settings.socket_group) == (0o660, None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"http_listen": "unix:relative.sock"}, "http-listen: expected unix:/ABSOLUTE/PATH"),
+        ({"grpc_listen": "unix:"}, "grpc-listen: expected unix:/ABSOLUTE/PATH"),
+        ({"http_listen": "unix:/" + "x" * 120}, "longer than 107 bytes"),
+        ({"admin_listen": "unix:/run/a.sock"}, "admin-listen: needs HOST:PORT"),
+        ({"http_listen": "unix:/run/s.sock", "grpc_listen": "unix:/run/s.sock"}, "also the HTTP listener's socket"),
+        ({"socket_mode": "0999"}, "socket-mode: expected an octal mode"),
+        ({"socket_mode": "01777"}, "socket-mode: expected an octal mode"),
+        ({"socket_group": "no-such-group-here"}, "socket-group: no group named"),
+    ],
+)
+def test_unix_socket_settings_are_validated(tmp_path: Path, flags: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(flags, environ=BASE_ENV, home=tmp_path)
+
+
+def test_socket_mode_and_group_spellings(tmp_path: Path) -> None:
+    group = grp.getgrgid(os.getgid())
+    assert load({"socket_mode": "600"}, environ=BASE_ENV, home=tmp_path).socket_mode == 0o600
+    env = {**BASE_ENV, "SERVING_SIDECAR_SOCKET_MODE": "0o640", "SERVING_SIDECAR_SOCKET_GROUP": group.gr_name}
+    settings = load({}, environ=env, home=tmp_path)
+    assert (settings.socket_mode, settings.socket_group) == (0o640, group.gr_gid)
+    assert load({"socket_group": "4321"}, environ=BASE_ENV, home=tmp_path).socket_group == 4321
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("socket_mode: 0660\n")  # YAML 1.1 reads a leading 0 as octal: the number 432
+    assert load({"config": str(config_file)}, environ=BASE_ENV, home=tmp_path).socket_mode == 0o660
+    config_file.write_text("socket_mode: 660\n")  # decimal 660 is no mode: refused, not misread
+    with pytest.raises(ConfigError, match="socket_mode"):
+        load({"config": str(config_file)}, environ=BASE_ENV, home=tmp_path)

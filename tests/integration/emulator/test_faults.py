@@ -320,7 +320,13 @@ async def test_recreate_through_the_admin_route(emulator: Emulator, client: aioh
     status, body = await _admin(client, emulator, "endpoints/ghost/recreate", {})
     assert (status, body["error_code"]) == (404, "RESOURCE_DOES_NOT_EXIST")
     status, listing = await _admin(client, emulator, "endpoints")
-    assert [e["name"] for e in listing["endpoints"]] == ["fraud-ro", "features-ro", "chat-ro", "plain-model"]
+    assert [e["name"] for e in listing["endpoints"]] == [
+        "fraud-ro",
+        "features-ro",
+        "chat-ro",
+        "embed-ro",
+        "plain-model",
+    ]
 
 
 async def test_recreate_from_another_thread(emulator: Emulator, client: aiohttp.ClientSession) -> None:

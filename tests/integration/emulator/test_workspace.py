@@ -121,7 +121,7 @@ async def test_list_endpoints(emulator: Emulator, client: aiohttp.ClientSession)
     status, body = await _get(client, emulator.workspace_url + "/api/2.0/serving-endpoints", bearer(token))
     assert status == 200
     names = [e["name"] for e in body["endpoints"]]  # type: ignore[attr-defined]
-    assert names == ["fraud-ro", "features-ro", "chat-ro", "plain-model"]
+    assert names == ["fraud-ro", "features-ro", "chat-ro", "embed-ro", "plain-model"]
     assert emulator.counters.snapshot()["metadata_lists"] == 1
 
 

@@ -11,8 +11,8 @@ from proxy.emulator import EmulatorSettings, EndpointSpec, SettingsError, defaul
 
 def test_default_endpoints() -> None:
     specs = {s.name: s for s in default_endpoints()}
-    assert list(specs) == ["fraud-ro", "features-ro", "chat-ro", "plain-model"]
-    assert [specs[n].kind for n in specs] == ["custom", "feature", "chat", "custom"]
+    assert list(specs) == ["fraud-ro", "features-ro", "chat-ro", "embed-ro", "plain-model"]
+    assert [specs[n].kind for n in specs] == ["custom", "feature", "chat", "embeddings", "custom"]
     assert specs["plain-model"].route_optimized is False
     assert specs["fraud-ro"].served_models == ("fraud-ro-1",)
 
