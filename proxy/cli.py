@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from proxy import __version__, config, logs, manifests
+from proxy import __version__, config, logs
 from proxy.app import Sidecar
 from proxy.errors import ConfigError, InjectError, SidecarError
 from proxy.inject import AUTH_MODES, InjectOptions, inject
@@ -281,6 +281,8 @@ def _inject(args: argparse.Namespace) -> int:
     try:
         options = _inject_options(args)
         text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
+        from proxy import manifests  # PyYAML: loaded for this command only
+
         sys.stdout.write(manifests.transform_stream(text, lambda doc: inject(doc, options)))
     except OSError as error:
         print(f"serving-sidecar inject: cannot read {args.filename}: {error.strerror}", file=sys.stderr)

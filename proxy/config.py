@@ -36,8 +36,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-import yaml
-
 from proxy import routing
 from proxy.cpus import usable_cpus
 from proxy.errors import ConfigError
@@ -484,6 +482,8 @@ def _parse_mode(value: Any) -> int:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # only with a config file: not loaded otherwise (memory)
+
     text = _read_text(path, "config")
     try:
         data = yaml.safe_load(text)
