@@ -22,10 +22,12 @@ import json
 from collections.abc import Callable, Sequence
 
 from proxy.downstream.plain import Handler, PlainAnswer
-from proxy.metrics import CONTENT_TYPE, Metrics
+from proxy.metrics import CONTENT_TYPE, Metrics, Snapshot
 from proxy.readiness import Health
 
 __all__ = ["Health", "admin_handler"]
+
+Others = Callable[[], Sequence[Snapshot]]  # other processes' metrics (--workers), read at each scrape
 
 
 def is_loopback_peer(remote: str | None) -> bool:
@@ -43,9 +45,14 @@ def _answer(code: int, status: str, reason: str, headers: tuple[tuple[str, str],
 
 
 def admin_handler(
-    health: Callable[[], Health], metrics: Metrics, *, on_quit: Sequence[Callable[[], None]] = ()
+    health: Callable[[], Health],
+    metrics: Metrics,
+    *,
+    on_quit: Sequence[Callable[[], None]] = (),
+    others: Others | None = None,
 ) -> Handler:
-    """The admin routes. `on_quit` is read at each POST /quitquitquit, so hooks added later are called too."""
+    """The admin routes. `on_quit` is read at each POST /quitquitquit, so hooks added later are called too.
+    `others`: the workers' metrics (`--workers`), added to this process's in /metrics."""
 
     def status(ok: bool, reason: str) -> PlainAnswer:
         return _answer(200 if ok else 503, "ok" if ok else "unavailable", reason)
@@ -61,7 +68,7 @@ def admin_handler(
 
     def scrape() -> PlainAnswer:
         metrics.ready.set(1 if health().ready else 0)
-        return PlainAnswer(200, metrics.exposition(), content_type=CONTENT_TYPE)
+        return PlainAnswer(200, metrics.exposition(others() if others is not None else ()), content_type=CONTENT_TYPE)
 
     def quitquitquit(method: str, peer: str | None) -> PlainAnswer:
         if method != "POST":

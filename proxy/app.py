@@ -7,13 +7,16 @@ Drain (SIGTERM/SIGINT), in order:
 3. The front listeners stop accepting; keep-alive connections close after their current request, and
    requests in flight (streams included) get `drain_timeout` seconds to finish, then are cancelled.
 4. The admin listener closes last (probes and scrapes work until then), then tokens and pools.
+
+With `--workers N` (N > 1) the HTTP listener is `workers.supervisor.Workers`: N worker processes serve
+the HTTP front while this process keeps tokens, resolutions, the gRPC front and the admin listener (see
+`proxy.workers`); step 3 stops them all, and readiness also needs every worker serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import logging
 import math
@@ -23,33 +26,30 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-from proxy import logs
+from proxy import assembly
 from proxy.admin import admin_handler
-from proxy.admission import Admission
 from proxy.config import Address, ListenAddress, Settings, UnixAddress
-from proxy.credentials.cache import Fetch
+from proxy.credentials.cache import Fetch, Token
 from proxy.credentials.oauth import OAuthClient, SecretReader
 from proxy.credentials.sources import (
     Credentials,
+    TokenKey,
     secret_from_file,
     secret_from_value,
     watch_file,
     workload_identity_fetch,
 )
 from proxy.downstream.grpc import GrpcFront
-from proxy.downstream.http import HttpFront, Limits
+from proxy.downstream.http import HttpFront
 from proxy.downstream.plain import PlainServer
-from proxy.endpoints import Resolver, metadata_fetcher
+from proxy.endpoints import Resolution, Resolver, metadata_fetcher
 from proxy.errors import ConfigError, SidecarError
-from proxy.forwarding import Forwarder, RequestRecord
-from proxy.metrics import UNRESOLVED, Metrics
+from proxy.metrics import Metrics
 from proxy.readiness import Health, Readiness
-from proxy.retries import RetryBudget, RetryPolicy
-from proxy.surface import Surface
-from proxy.surface.workspace import WorkspaceReads
 from proxy.upstream import build_ssl_context
 from proxy.upstream.control import ControlPlane
-from proxy.upstream.pool import Timeouts, Upstream
+from proxy.workers.authority import Authority
+from proxy.workers.supervisor import Workers
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -58,7 +58,6 @@ log = logging.getLogger("serving_sidecar")
 
 
 ADMIN = "admin"
-MAX_LABELS = 1024  # endpoint names remembered as metric labels (the resolver caches as many)
 DESCRIPTORS_RECOVERY = 5.0  # seconds unready (and one log line) after running out of file descriptors
 DESCRIPTORS_RESERVE = 8  # descriptors below the open-files limit that already count as running out
 ADMIN_GRACE = 1.0  # seconds for a probe or scrape in progress when the admin listener closes
@@ -79,21 +78,8 @@ class Sidecar:
         self.settings = settings
         self.metrics = Metrics(registry)
         ssl_context = build_ssl_context(settings.ca_bundle)
-        timeouts = Timeouts(
-            connect=settings.connect_timeout,
-            first_byte=settings.first_byte_timeout,
-            stream_idle=settings.stream_idle_timeout,
-            idle_connection=settings.idle_connection_timeout,
-        )
-        self.upstream = Upstream(
-            ssl_context=ssl_context,
-            pool_size=settings.pool_size,
-            timeouts=timeouts,
-            on_connect=self.metrics.observe_connect,
-            egress_proxy=settings.egress_proxy,
-        )
+        self.upstream = assembly.upstream(settings, self.metrics, ssl_context)
         self.control = ControlPlane(self.upstream)
-        self.metrics.watch_pools(self.upstream.stats)
         self.oauth = OAuthClient(
             self.control.fetch,
             token_url=settings.token_url,
@@ -109,48 +95,35 @@ class Sidecar:
             workspace_url=settings.host,
             observer=self.metrics.observe_token_fetch,
             on_workspace_change=self.readiness.current,
+            on_token=self._token_obtained,
         )
         self.resolver = Resolver(
             metadata_fetcher(self.control.fetch, self.credentials.workspace, settings.host),
             workspace_url=settings.host,
             ttl=settings.metadata_ttl,
             on_resolve=self.metrics.observe_resolution,
-            # a recreated or deleted endpoint's data-plane token stops refreshing
-            on_change=lambda old: self.credentials.forget(old.url, old.authorization_details),
+            on_change=self._resolution_changed,
             configured=frozenset(settings.endpoints),
             only_configured=settings.only_configured_endpoints,
         )
-        self.forwarder = Forwarder(
-            self.resolver,
-            self.credentials,
-            self.upstream,
-            admission=Admission(max_total=settings.max_in_flight, max_per_endpoint=settings.max_in_flight_per_endpoint),
-            policy=RetryPolicy(
-                attempts=settings.retry_attempts,
-                budget=settings.retry_budget,
-                idempotent=frozenset(settings.idempotent_endpoints),
-            ),
-            budget=RetryBudget(ratio=settings.retry_ratio, min_per_second=settings.min_retries_per_second),
-            on_retry=lambda endpoint, reason: self.metrics.observe_retry(self.endpoint_label(endpoint), reason),
-            on_exchange=self.metrics.observe_exchange,
+        self.observe_request = assembly.RequestObserver(settings, self.metrics, self.resolver)
+        self.forwarder = assembly.forwarder(
+            settings, self.resolver, self.credentials, self.upstream, self.metrics, self.observe_request
         )
-        self.surface = Surface(
-            WorkspaceReads(self.control.fetch, self.credentials.workspace, settings.host),
-            lambda: {*settings.endpoints, *self.resolver.known()},
-        )
-        self.http_front = HttpFront(
-            self.forwarder,
-            on_request=self.observe_request,
-            limits=_limits(settings),
-            surface=self.surface,
-            socket_mode=settings.socket_mode,
-            socket_group=settings.socket_group,
-        )
+        self.surface = assembly.surface(settings, self.control.fetch, self.credentials.workspace, self.resolver)
+        self.http_front = assembly.http_front(settings, self.forwarder, self.observe_request, self.surface)
         self.grpc_front = GrpcFront(self.forwarder, self.observe_request, self.readiness)
+        # --workers N > 1: N processes serve the HTTP front; this one keeps tokens, resolutions, gRPC and admin.
+        self.authority: Authority | None = None
+        self.workers: Workers | None = None
+        if settings.workers > 1:
+            self.authority = Authority(self.resolver, self.credentials)
+            self.workers = Workers(
+                settings, self.authority, on_change=self.readiness.current, on_no_descriptors=self.out_of_descriptors
+            )
         self.metrics.watch_in_flight("http", lambda: self.http_front.in_flight)
         self.metrics.watch_in_flight("grpc", lambda: self.grpc_front.in_flight)
         self._listeners: dict[str, Listener] = {}
-        self._labels: set[str] = set()
         self._descriptors_out_at = -math.inf  # time.monotonic() of the last accept() without a descriptor
         # run once, synchronously, when draining starts: gRPC health turns NOT_SERVING at the same moment
         self.on_drain: list[Callable[[], None]] = [self.grpc_front.begin_draining]
@@ -171,32 +144,17 @@ class Sidecar:
 
     def endpoint_label(self, name: str) -> str:
         """Metric label for an endpoint name: configured or resolved names only (remembered once known)."""
-        if name in self._labels:
-            return name
-        if name in self.settings.endpoints or self.resolver.cached(name) is not None:
-            if len(self._labels) >= MAX_LABELS:
-                self._labels.clear()
-            self._labels.add(name)
-            return name
-        return UNRESOLVED
+        return self.observe_request.endpoint_label(name)
 
-    def observe_request(self, record: RequestRecord) -> None:
-        """The fronts' hook: one answered request, to metrics and (when on) the access log."""
-        label = self.endpoint_label(record.endpoint)
-        self.metrics.observe_request(record, label)
-        if self.settings.access_log:
-            logs.log_access(
-                logs.AccessRecord(
-                    record.front,
-                    record.method,
-                    logs.access_path(record.path),
-                    label,
-                    record.status,
-                    record.seconds,
-                    record.bytes_sent,
-                    record.request_id,
-                )
-            )
+    def _token_obtained(self, key: TokenKey, token: Token) -> None:
+        if self.authority is not None:
+            self.authority.token_obtained(key, token)  # to every worker
+
+    async def _resolution_changed(self, old: Resolution) -> None:
+        # a recreated or deleted endpoint's data-plane token stops refreshing
+        await self.credentials.forget(old.url, old.authorization_details)
+        if self.authority is not None:
+            self.authority.resolution_changed(old)
 
     def health(self) -> Health:
         """Liveness, startup (ready at least once since start) and readiness, computed now (subscribers follow)."""
@@ -207,8 +165,9 @@ class Sidecar:
         error = workspace.last_error
         listening = bool(self._listeners) and not self._draining
         credential_ok = workspace.is_usable()
+        workers_problem = None if self.workers is None else self.workers.problem()
         # Startup is latched: once ready, a later token outage makes the sidecar unready, never "not started".
-        if not self._was_ready and self._started and listening and credential_ok:
+        if not self._was_ready and self._started and listening and credential_ok and workers_problem is None:
             self._was_ready = True
             log.info("ready: listeners up and a workspace token in hand")
         return Health(
@@ -218,6 +177,7 @@ class Sidecar:
             draining=self._draining,
             credential_error=None if error is None else f"{error.error}: {error.description}".rstrip(": "),
             descriptors_ok=time.monotonic() - self._descriptors_out_at > DESCRIPTORS_RECOVERY,
+            workers_problem=workers_problem,
         )
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -228,9 +188,10 @@ class Sidecar:
         if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
             loop.default_exception_handler(context)
             return
-        self._out_of_descriptors(exc.strerror or "too many open files")
+        self.out_of_descriptors(exc.strerror or "too many open files")
 
-    def _out_of_descriptors(self, why: str) -> None:
+    def out_of_descriptors(self, why: str) -> None:
+        """No file descriptor left (accept() here or in the `--workers` acceptor, or the limit nearly met)."""
         now = time.monotonic()
         if now - self._descriptors_out_at > DESCRIPTORS_RECOVERY:
             log.error("out of file descriptors (%s): new connections are refused; readiness is 503", why)
@@ -243,7 +204,7 @@ class Sidecar:
             await asyncio.sleep(1.0)
             used, limit = descriptors()
             if used is not None and used >= limit - DESCRIPTORS_RESERVE:
-                self._out_of_descriptors(f"{used} open, limit {limit}")
+                self.out_of_descriptors(f"{used} open, limit {limit}")
 
     def port(self, name: str) -> int:
         """The bound port of listener `name` ("http", "grpc", "admin"): useful with port 0."""
@@ -252,10 +213,12 @@ class Sidecar:
     async def start(self) -> None:
         """Bind the listeners, then fetch the first token and warm the configured endpoints in the background."""
         asyncio.get_running_loop().set_exception_handler(self._loop_exception)
-        admin = PlainServer(admin_handler(self.health, self.metrics, on_quit=self.on_quit))
+        others = None if self.workers is None else self.workers.snapshots
+        admin = PlainServer(admin_handler(self.health, self.metrics, on_quit=self.on_quit, others=others))
         await self._listen(ADMIN, admin, admin.start(self.settings.admin_listen), self.settings.admin_listen)
         http = self.settings.http_listen
-        await self._listen("http", self.http_front, self.http_front.start(http), http)
+        front: HttpFront | Workers = self.http_front if self.workers is None else self.workers
+        await self._listen("http", front, front.start(http), http)
         await self.grpc_front.start(
             self.settings.grpc_listen, socket_mode=self.settings.socket_mode, socket_group=self.settings.socket_group
         )
@@ -375,11 +338,6 @@ def descriptors() -> tuple[int | None, int]:
         return len(os.listdir("/proc/self/fd")), limit
     except OSError as exc:  # listing takes a descriptor too: none left means exactly what we look for
         return (limit, limit) if exc.errno in (errno.EMFILE, errno.ENFILE) else (None, limit)
-
-
-def _limits(settings: Settings) -> Limits:
-    """The HTTP front's limits: the settings of the same names."""
-    return Limits(**{field.name: getattr(settings, field.name) for field in dataclasses.fields(Limits)})
 
 
 def _secret_reader(settings: Settings) -> SecretReader | None:

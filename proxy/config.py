@@ -29,6 +29,7 @@ import math
 import os
 import re
 import ssl
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from proxy import routing
+from proxy.cpus import usable_cpus
 from proxy.errors import ConfigError
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -49,6 +51,7 @@ PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY")
 NO_PROXY_VARIABLES = ("no_proxy", "NO_PROXY")
 MAX_NUMBER = 30 * 24 * 3600.0  # the largest value of a numeric option (30 days in seconds): timers overflow past it
 _SHOWN = 80  # characters of a bad value quoted in an error
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,13 @@ OPTIONS: tuple[Option, ...] = (
         "asyncio event loop implementation (uvloop is faster; asyncio is the standard library's)",
         choices=("uvloop", "asyncio"),
     ),
+    Option(
+        "workers",
+        "str",
+        "1",
+        "processes serving the HTTP front: a number, or auto (the CPUs the affinity mask and cgroup quota "
+        "allow); 1 runs no extra process",
+    ),
     Option("log-format", "choice", "text", "log line format", choices=LOG_FORMATS),
     Option("log-level", "choice", "info", "least severe level logged", choices=LOG_LEVELS),
     Option("access-log", "bool", False, "log one line per request (off by default: it costs throughput)"),
@@ -296,6 +306,7 @@ class Settings:
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
     event_loop: str = "uvloop"
+    workers: int = 1
     log_format: str = "text"
     log_level: str = "info"
     access_log: bool = False
@@ -584,6 +595,7 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         max_header_bytes=_positive(raw["max_header_bytes"], "max-header-bytes"),
         max_headers=_positive(raw["max_headers"], "max-headers"),
         event_loop=raw["event_loop"],
+        workers=_workers(raw["workers"]),
         log_format=raw["log_format"],
         log_level=raw["log_level"],
         access_log=raw["access_log"],
@@ -592,6 +604,20 @@ def _validate(raw: dict[str, Any], env: Mapping[str, str], profile: Mapping[str,
         socket_mode=_socket_mode(raw["socket_mode"]),
         socket_group=_socket_group(raw["socket_group"]),
     )
+
+
+def _workers(value: Any) -> int:
+    """`--workers`: `auto` (usable CPUs, see proxy.cpus) or a whole number from 1 to MAX_WORKERS."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        count = min(MAX_WORKERS, usable_cpus()) if sys.platform == "linux" else 1
+    elif text.isdigit() and 1 <= int(text) <= MAX_WORKERS:
+        count = int(text)
+    else:
+        raise ConfigError(f"workers: expected auto or a whole number from 1 to {MAX_WORKERS}, got {value!r}")
+    if count > 1 and sys.platform != "linux":
+        raise ConfigError(f"workers: more than one worker needs Linux (this is {sys.platform}); use 1")
+    return count
 
 
 def _egress_proxy(mode: str, env: Mapping[str, str]) -> EgressProxy | None:

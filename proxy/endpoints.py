@@ -121,6 +121,22 @@ def parse_resolution(name: str, doc: Mapping[str, Any], workspace_url: str) -> R
 MetadataFetch = Callable[[str], Awaitable[tuple[int, bytes]]]
 
 
+class Resolutions(Protocol):
+    """What the forwarder asks of name resolution: a `Resolver`, or a worker's copy of its parent's."""
+
+    def cached(self, name: str) -> Resolution | None:
+        """The known resolution of `name`, or None; never looks anything up."""
+
+    def peek(self, name: str) -> Resolution | None:
+        """The known resolution without waiting (a stale one is refreshed in the background), or None."""
+
+    async def resolve(self, name: str) -> Resolution:
+        """The resolution of `name`, looked up if unknown; EndpointNotFound or another SidecarError."""
+
+    async def recheck(self, stale: Resolution) -> Resolution | None:
+        """A newer resolution than `stale` (the endpoint was recreated), or None (see `Resolver.recheck`)."""
+
+
 @dataclass
 class _Entry:
     resolution: Resolution

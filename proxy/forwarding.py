@@ -42,8 +42,8 @@ from multidict import CIMultiDict
 from proxy import logs, retries
 from proxy.admission import Admission
 from proxy.config import MAX_BODY_BYTES
-from proxy.credentials.sources import Credentials
-from proxy.endpoints import Resolution, Resolver, TokenSource
+from proxy.credentials.cache import TokenSources
+from proxy.endpoints import Resolution, Resolutions, TokenSource
 from proxy.errors import BodyTooLarge, ConnectFailed, SidecarError, UpstreamTimeout
 from proxy.routing import invocation_url
 from proxy.transport import Advice, Connection, Head, Sink, Transport
@@ -176,8 +176,8 @@ def target_of(url: str) -> _Target:
 class Forwarder:
     def __init__(
         self,
-        resolver: Resolver,
-        credentials: Credentials,
+        resolver: Resolutions,
+        credentials: TokenSources,
         transport: Transport,
         *,
         admission: Admission | None = None,

@@ -13,6 +13,8 @@ Rules:
 5. Text from another server (a token server's error_description, a workspace error message) is
    `untrusted_text` before it reaches a log, `/readyz` or a response: redacted, one line, at most a few
    hundred characters, whatever size and content it came with.
+6. In a worker process (`--workers N`) every line carries `worker=<n>` (1..N), so lines of the processes
+   sharing stderr can be told apart (and an access-log line says which worker served the request).
 
 Only the standard library is used: the formatting needs are small, and a second logging system next
 to aiohttp's and authlib's stdlib loggers would need bridging anyway.
@@ -152,6 +154,18 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class WorkerFilter(logging.Filter):
+    """Puts `worker` (the worker's number) on every record of a worker process (rule 6)."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {key: value for key, value in vars(record).items() if key not in _STANDARD and not key.startswith("_")}
 
@@ -213,12 +227,16 @@ def _text_value(value: object) -> str:
 HANDLER_NAME = "serving_sidecar"
 
 
-def build_handler(fmt: str, *, secrets: Iterable[str | None] = (), stream: TextIO | None = None) -> logging.Handler:
+def build_handler(
+    fmt: str, *, secrets: Iterable[str | None] = (), stream: TextIO | None = None, worker: int | None = None
+) -> logging.Handler:
     """A stderr handler with the request-id filter and a redacting `fmt` ("text" or "json") formatter."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     redact = Redactor(secrets)
     handler.setFormatter(JsonFormatter(redact) if fmt == "json" else TextFormatter(redact))
     handler.addFilter(RequestIdFilter())
+    if worker is not None:
+        handler.addFilter(WorkerFilter(worker))
     handler.set_name(HANDLER_NAME)
     return handler
 
@@ -232,14 +250,19 @@ def add_secrets(secrets: Iterable[str | None]) -> None:
 
 
 def configure(
-    *, fmt: str = "text", level: str = "info", secrets: Iterable[str | None] = (), stream: TextIO | None = None
+    *,
+    fmt: str = "text",
+    level: str = "info",
+    secrets: Iterable[str | None] = (),
+    stream: TextIO | None = None,
+    worker: int | None = None,
 ) -> None:
     """Route every logger through one sidecar handler on the root logger (replacing an earlier one of ours)."""
     root = logging.getLogger()
     for old in list(root.handlers):
         if old.get_name() == HANDLER_NAME:
             root.removeHandler(old)
-    root.addHandler(build_handler(fmt, secrets=secrets, stream=stream))
+    root.addHandler(build_handler(fmt, secrets=secrets, stream=stream, worker=worker))
     root.setLevel(level.upper())
 
 

@@ -7,12 +7,23 @@ resolve is counted as `UNRESOLVED`, never as the raw path.
 
 Other modules never see prometheus_client: they call the `observe_*` methods (or hand them as hooks)
 with frozen details, and pool gauges are read at scrape time from a `PoolStats` source.
+
+With `--workers N` every worker process keeps a `Metrics` of its own and hands the parent a `Snapshot`
+(plain JSON-able samples) of the families in WORKER_FAMILIES; the parent's exposition adds them to its
+own, so there is one set of metrics with the names and labels of a single process:
+- counters and histograms (WORKER_TOTALS) are totals over all processes, the exited ones included;
+- `in_flight_requests` and `upstream_connections` (WORKER_GAUGES) are sums: requests being served and
+  connections held by all processes now;
+- the rest (token fetches and expiry, resolutions, readiness, build info) comes from the parent alone,
+  which is the only process that fetches tokens and resolves names.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -28,6 +39,23 @@ UNRESOLVED = "unresolved"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # 1 ms .. 5 min: local hops are ~1 ms, models may run up to Databricks' 297 s limit.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+WORKER_TOTALS = frozenset(
+    {
+        "serving_sidecar_requests",
+        "serving_sidecar_request_duration_seconds",
+        "serving_sidecar_upstream_request_duration_seconds",
+        "serving_sidecar_time_to_first_byte_seconds",
+        "serving_sidecar_upstream_connects",
+        "serving_sidecar_retries",
+    }
+)
+WORKER_GAUGES = frozenset({"serving_sidecar_in_flight_requests", "serving_sidecar_upstream_connections"})
+WORKER_FAMILIES = WORKER_TOTALS | WORKER_GAUGES
+
+Sample = tuple[str, dict[str, str], float]  # sample name, labels, value
+Snapshot = dict[str, list[Sample]]  # family name -> its samples; JSON-able (tuples become lists)
+_Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
 class Metrics:
@@ -115,8 +143,90 @@ class Metrics:
         """Export `serving_sidecar_upstream_connections{host, state}` from `stats()`, read at each scrape."""
         self.registry.register(_PoolCollector(stats))
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def snapshot(self) -> Snapshot:
+        """This process's share of the families other processes add up (WORKER_FAMILIES)."""
+        return {
+            family.name: [(sample.name, dict(sample.labels), sample.value) for sample in family.samples]
+            for family in self.registry.collect()
+            if family.name in WORKER_FAMILIES
+        }
+
+    def exposition(self, others: Sequence[Snapshot] = ()) -> bytes:
+        """The text exposition; `others` (workers' snapshots) are added to the families this registry defines."""
+        if not others:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry(auto_describe=False)
+        merged.register(_Merged(self.registry, others))
+        return generate_latest(merged)
+
+
+def combine(snapshots: Iterable[Snapshot], *, families: frozenset[str] = WORKER_FAMILIES) -> Snapshot:
+    """Samples of the same name and labels added up (`_created` timestamps: the earliest). Pure."""
+    values: dict[str, dict[_Key, tuple[dict[str, str], float]]] = {}
+    for snapshot in snapshots:
+        for family, samples in snapshot.items():
+            if family in families:
+                _add(values.setdefault(family, {}), samples)
+    return {
+        family: [(key[0], labels, value) for key, (labels, value) in found.items()] for family, found in values.items()
+    }
+
+
+def totals_only(snapshot: Snapshot) -> Snapshot:
+    """The counters and histograms of `snapshot`: what an exited worker leaves behind (its gauges are gone)."""
+    return {family: samples for family, samples in snapshot.items() if family in WORKER_TOTALS}
+
+
+def snapshot_from_wire(doc: Any) -> Snapshot:
+    """A Snapshot from decoded JSON, checked: families of WORKER_FAMILIES only, finite numbers, string labels."""
+    if not isinstance(doc, dict):
+        raise ValueError("a metrics snapshot is a JSON object")
+    snapshot: Snapshot = {}
+    for family, samples in doc.items():
+        if family not in WORKER_FAMILIES or not isinstance(samples, list):
+            raise ValueError(f"unexpected metric family {family!r} in a snapshot")
+        snapshot[family] = [_sample_from_wire(sample) for sample in samples]
+    return snapshot
+
+
+def _sample_from_wire(sample: Any) -> Sample:
+    name, labels, value = sample
+    if not isinstance(name, str) or not isinstance(labels, dict) or not isinstance(value, int | float):
+        raise ValueError(f"malformed metric sample {sample!r}")
+    if not math.isfinite(value) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise ValueError(f"malformed metric sample {sample!r}")
+    return name, labels, float(value)
+
+
+def _add(found: dict[_Key, tuple[dict[str, str], float]], samples: Iterable[Sample]) -> None:
+    for name, labels, value in samples:
+        key = (name, tuple(sorted(labels.items())))
+        known = found.get(key)
+        if known is None:
+            found[key] = (labels, value)
+        elif name.endswith("_created"):
+            found[key] = (known[0], min(known[1], value))
+        else:
+            found[key] = (known[0], known[1] + value)
+
+
+class _Merged(Collector):
+    """A registry's families with other processes' snapshots added, for one exposition."""
+
+    def __init__(self, registry: CollectorRegistry, others: Sequence[Snapshot]) -> None:
+        self._registry = registry
+        self._others = others
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            if family.name not in WORKER_FAMILIES:
+                yield family
+                continue
+            own: Snapshot = {family.name: [(s.name, dict(s.labels), s.value) for s in family.samples]}
+            merged = Metric(family.name, family.documentation, family.type, family.unit)
+            for name, labels, value in combine([own, *self._others]).get(family.name, []):
+                merged.add_sample(name, labels, value)
+            yield merged
 
 
 # Prometheus's `le` label values for LATENCY_BUCKETS (Go's float formatting: repr for these values).

@@ -32,10 +32,17 @@ class Health:
     draining: bool
     credential_error: str | None = None
     descriptors_ok: bool = True  # False for a while after accept() ran out of file descriptors
+    workers_problem: str | None = None  # --workers N: why not every HTTP worker serves, e.g. crash-looping
 
     @property
     def ready(self) -> bool:
-        return self.listening and self.credential_ok and not self.draining and self.descriptors_ok
+        return (
+            self.listening
+            and self.credential_ok
+            and not self.draining
+            and self.descriptors_ok
+            and self.workers_problem is None
+        )
 
     def reason(self) -> str:
         if self.draining:
@@ -44,6 +51,8 @@ class Health:
             return "out of file descriptors: new connections are refused (raise the open-files limit)"
         if not self.listening:
             return "listeners are not up"
+        if self.workers_problem is not None:
+            return self.workers_problem
         if not self.credential_ok:
             detail = f": {self.credential_error}" if self.credential_error else ""
             return f"no working workspace credential yet{detail}"

@@ -13,7 +13,8 @@ is never the bottleneck. Targets:
 - sidecar: `python -m proxy run` (one process) with `--endpoint bench` warmed; tokens and metadata
   come from the emulator (its own process), whose `metadata_overrides` knob points the `bench`
   endpoint's data-plane URL at the nginx upstream. Extra variants (`--sidecar-variant NAME='ARGS'`)
-  run side by side; `sidecar-asyncio` is added by default when the sidecar accepts `--event-loop`.
+  run side by side; `sidecar-asyncio` and `sidecar-workers2` (`--workers 2`) are added by default when
+  the sidecar accepts `--event-loop` and `--workers`.
 
 Each target is measured with wrk at 1 connection (-t1) and at 16 connections (--wrk-threads, default
 1: one wrk thread drives about twice nginx-proxy's rate on this kind of machine, so it is not the
@@ -306,12 +307,11 @@ async def start_sidecar(procs: Processes, emulator: EmulatorProcess, name: str, 
     return target
 
 
-def event_loop_flag() -> bool:
-    """True when this checkout's `serving-sidecar run` accepts `--event-loop`."""
-    help_text = subprocess.run(
+def run_flags() -> str:
+    """This checkout's `serving-sidecar run --help`, to see which flags it accepts."""
+    return subprocess.run(
         [sys.executable, "-m", "proxy", "run", "--help"], capture_output=True, text=True, check=False, timeout=60
     ).stdout
-    return "--event-loop" in help_text
 
 
 # --- /proc -----------------------------------------------------------------------------------------
@@ -414,10 +414,12 @@ async def check_answer(session: aiohttp.ClientSession, target: Target, context: 
 # --- the run ---------------------------------------------------------------------------------------
 
 
-def variants(args: argparse.Namespace, loop_flag: bool) -> list[tuple[str, list[str]]]:
+def variants(args: argparse.Namespace, flags: str) -> list[tuple[str, list[str]]]:
     chosen = [(SIDECAR, [])]
-    if loop_flag:
+    if "--event-loop" in flags:
         chosen.append((f"{SIDECAR}-asyncio", ["--event-loop", "asyncio"]))
+    if "--workers" in flags:
+        chosen.append((f"{SIDECAR}-workers2", ["--workers", "2"]))
     for spec in args.sidecar_variant:
         name, _, extra = spec.partition("=")
         chosen.append((f"{SIDECAR}-{name}" if not name.startswith(SIDECAR) else name, shlex.split(extra)))
@@ -438,7 +440,7 @@ async def start_all(args: argparse.Namespace, procs: Processes) -> tuple[list[Ta
     targets = [upstream, nginx_proxy]
     if AIOHTTP_PROXY not in args.skip:
         targets.append(await start_aiohttp_proxy(procs, upstream_port))
-    chosen = variants(args, event_loop_flag())
+    chosen = variants(args, run_flags())
     if chosen:
         emulator = await start_emulator(procs, upstream.url)
         for name, extra in chosen:

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from typing import Protocol
 
 from proxy.credentials import schedule
 from proxy.errors import NoCredential, TokenError
@@ -52,6 +53,26 @@ class FetchOutcome:
 
 Fetch = Callable[[], Awaitable[Token]]
 Observer = Callable[[FetchOutcome], None]
+TokenHook = Callable[[Token], None]  # a new token was obtained (e.g. to hand it to worker processes)
+
+
+class CachedToken(Protocol):
+    """What callers of one credential use: a `RefreshingToken`, or a worker's copy of its parent's."""
+
+    def peek(self) -> str | None:
+        """The cached token while it is usable, else None: never waits."""
+
+    async def get(self) -> str:
+        """A usable token, fetched if need be; NoCredential when none can be had now."""
+
+    def invalidate(self, access_token: str) -> None:
+        """The upstream rejected `access_token`: forget it if it is still the current one."""
+
+
+class TokenSources(Protocol):
+    """The credential for an invocation URL (see `Credentials.for_target`)."""
+
+    def for_target(self, url: str, authorization_details: str | None, *, label: str) -> CachedToken: ...
 
 
 def _ignore(_: FetchOutcome) -> None:
@@ -72,9 +93,11 @@ class RefreshingToken:
         clock: Callable[[], float] = time.time,
         observer: Observer = _ignore,
         on_change: Callable[[], object] = _nothing,
+        on_token: TokenHook | None = None,
     ) -> None:
         self._fetch = fetch
         self._on_change = on_change
+        self._on_token = on_token
         self.kind = kind
         self.label = label
         self._clock = clock
@@ -222,6 +245,8 @@ class RefreshingToken:
             log.info("%s obtained after %d failed attempt(s)", self._name(), self._failures)
         self._token, self._failures, self.last_error = token, 0, None
         self._observer(FetchOutcome(self.kind, self.label, True, token.expires_at, None))
+        if self._on_token is not None:
+            self._on_token(token)
         self._on_change()
         return token
 
@@ -264,6 +289,9 @@ class TokenCache:
 
     def __repr__(self) -> str:
         return f"TokenCache(entries={len(self._entries)})"
+
+    def get(self, key: Hashable) -> RefreshingToken | None:
+        return self._entries.get(key)
 
     def get_or_create(self, key: Hashable, create: Callable[[], RefreshingToken]) -> RefreshingToken:
         entry = self._entries.get(key)

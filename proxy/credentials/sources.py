@@ -1,8 +1,8 @@
 """Where tokens come from: the workspace token (OAuth M2M or workload identity) and one data-plane
 token per (invocation URL, authorization details), minted from the workspace token by jwt-bearer exchange.
 
-Which token may go where (`token_kind`, pure): the workspace token (scope all-apis) only to the workspace's
-own origin; a data-plane token only over https, to the URL it was minted for. Anything else is refused.
+Which token may go where: `targets.token_kind` (a worker of `--workers` checks the same without this
+module's OAuth library).
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlsplit
 
 from proxy.credentials.cache import Fetch, FetchOutcome, Observer, RefreshingToken, Token, TokenCache
 from proxy.credentials.oauth import OAuthClient
-from proxy.errors import BadMetadata, NoCredential, TokenError
+from proxy.credentials.targets import token_kind as token_kind  # re-exported: its home until --workers
+from proxy.errors import NoCredential, TokenError
+
+# Which credential a token belongs to: None for the workspace token, else (invocation URL, authorization details).
+TokenKey = tuple[str, str] | None
 
 
 def secret_from_file(path: Path) -> Callable[[], asyncio.Future[str]]:
@@ -98,32 +100,6 @@ def check_audience(token: str, audience: str, source: Path) -> None:
         )
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port with the scheme's default filled in); BadMetadata for user info or a bad port."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
-    except ValueError:
-        raise BadMetadata("refusing to send a token to a URL with an invalid port") from None
-    if parts.username is not None or parts.password is not None:
-        raise BadMetadata(f"refusing to send a token to {parts.scheme}://{parts.hostname}: the URL carries user info")
-    return (parts.scheme, parts.hostname or "", port)
-
-
-def token_kind(url: str, authorization_details: str | None, workspace_url: str) -> Literal["workspace", "data_plane"]:
-    """Which token may be sent to `url`: the workspace token only to the workspace's origin (without
-    authorization details), a data-plane token only to an https URL. Raises BadMetadata (502) otherwise."""
-    scheme, host, port = _origin(url)
-    shown = f"{scheme}://{host}:{port}"
-    if authorization_details is None:
-        if (scheme, host, port) != _origin(workspace_url):
-            raise BadMetadata(f"refusing to send the workspace token to {shown}: it goes only to the workspace")
-        return "workspace"
-    if scheme != "https" or not host:
-        raise BadMetadata(f"refusing to send a data-plane token to {shown}: tokens travel only over https")
-    return "data_plane"
-
-
 MAX_TARGETS = 4096  # (URL, authorization details) pairs remembered as checked
 
 
@@ -144,8 +120,11 @@ class Credentials:
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
         on_workspace_change: Callable[[], object] | None = None,
+        on_token: Callable[[TokenKey, Token], None] | None = None,
     ) -> None:
+        """`on_token(key, token)` runs whenever a token is obtained, refreshes included."""
         self._oauth = oauth
+        self._on_token = on_token
         self._workspace_url = workspace_url
         self._clock = clock
         self._observer = observer
@@ -157,6 +136,7 @@ class Credentials:
             clock=clock,
             observer=self._observe_workspace,
             on_change=on_workspace_change or (lambda: None),
+            on_token=None if on_token is None else lambda token: on_token(None, token),
         )
 
     def __repr__(self) -> str:
@@ -168,10 +148,14 @@ class Credentials:
         if outcome.ok:
             self.data_plane.retry_now()
 
-    def _token(self, fetch: Fetch, *, kind: str, label: str) -> RefreshingToken:
+    def _token(self, fetch: Fetch, *, kind: str, label: str, key: TokenKey) -> RefreshingToken:
+        hook = self._on_token
+        on_token = None if hook is None else lambda token: hook(key, token)
         if self._observer is None:
-            return RefreshingToken(fetch, kind=kind, label=label, clock=self._clock)
-        return RefreshingToken(fetch, kind=kind, label=label, clock=self._clock, observer=self._observer)
+            return RefreshingToken(fetch, kind=kind, label=label, clock=self._clock, on_token=on_token)
+        return RefreshingToken(
+            fetch, kind=kind, label=label, clock=self._clock, observer=self._observer, on_token=on_token
+        )
 
     def reload(self) -> int:
         """SIGHUP: fetch a workspace token now (re-reading the secret or token file) and end every data-plane
@@ -193,8 +177,10 @@ class Credentials:
         if kind == "workspace" or authorization_details is None:
             found = self.workspace
         else:
+            pair = (url, authorization_details)
+            fetch = self._exchange_fetch(authorization_details)
             found = self.data_plane.get_or_create(
-                key, lambda: self._token(self._exchange_fetch(authorization_details), kind="data_plane", label=label)
+                pair, lambda: self._token(fetch, kind="data_plane", label=label, key=pair)
             )
         if len(self._targets) >= MAX_TARGETS:
             self._targets.clear()

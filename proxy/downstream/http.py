@@ -30,6 +30,7 @@ import contextlib
 import http
 import logging
 import math
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -201,6 +202,14 @@ class HttpFront:
             self.port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
         return self.port
+
+    def start_without_listener(self) -> None:
+        """Serve connections accepted elsewhere, handed in through `adopt` (a worker of `--workers N`)."""
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve one connection another process accepted."""
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: HttpConnection(self), sock)
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; idle connections close now, busy ones after their answer or after `grace` s."""

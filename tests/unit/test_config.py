@@ -120,6 +120,22 @@ def test_operations_options_are_validated(tmp_path: Path, env: dict[str, str], m
         load({}, environ={**BASE_ENV, **env}, home=tmp_path)
 
 
+def test_workers_default_to_one_and_take_a_number_or_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load({}, environ=BASE_ENV, home=tmp_path).workers == 1
+    assert load({"workers": "3"}, environ=BASE_ENV, home=tmp_path).workers == 3
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("workers: 2\n")  # a YAML integer
+    assert load({"config": str(config_file)}, environ=BASE_ENV, home=tmp_path).workers == 2
+    monkeypatch.setattr("proxy.config.usable_cpus", lambda: 6)
+    assert load({}, environ={**BASE_ENV, "SERVING_SIDECAR_WORKERS": "auto"}, home=tmp_path).workers == 6
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "65"])
+def test_workers_refuse_anything_else_naming_the_key(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"workers: expected auto or a whole number from 1 to 64"):
+        load({"workers": value}, environ=BASE_ENV, home=tmp_path)
+
+
 def test_egress_proxy_from_the_standard_environment(tmp_path: Path) -> None:
     env = {
         **BASE_ENV,
