@@ -48,11 +48,12 @@ from proxy.metrics import Metrics
 from proxy.readiness import Health, Readiness
 from proxy.upstream import build_ssl_context
 from proxy.upstream.control import ControlPlane
-from proxy.workers.authority import Authority
-from proxy.workers.supervisor import Workers
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from proxy.workers.authority import Authority
+    from proxy.workers.supervisor import Workers
 
 log = logging.getLogger("serving_sidecar")
 
@@ -117,6 +118,9 @@ class Sidecar:
         self.authority: Authority | None = None
         self.workers: Workers | None = None
         if settings.workers > 1:
+            from proxy.workers.authority import Authority  # loaded only with workers (memory)
+            from proxy.workers.supervisor import Workers
+
             self.authority = Authority(self.resolver, self.credentials)
             self.workers = Workers(
                 settings, self.authority, on_change=self.readiness.current, on_no_descriptors=self.out_of_descriptors
