@@ -627,9 +627,6 @@ class BufferedReply:
                 self._wake = asyncio.get_running_loop().create_future()
                 await self._wake
 
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
-
     def close(self) -> None:
         if not self._ended and self.exchange is not None:
             self.exchange.cancel()
