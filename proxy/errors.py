@@ -83,6 +83,13 @@ class BodyTooLarge(SidecarError):
     error_code = "REQUEST_ENTITY_TOO_LARGE"
 
 
+class HeadersTooLarge(SidecarError):
+    """A request line and headers over the HTTP front's bounds (count or bytes)."""
+
+    status = 431
+    error_code = "BAD_REQUEST"
+
+
 class ResponseTooLarge(SidecarError):
     """An upstream answer (or one streamed event) over a front's message limit: gRPC's 16 MiB."""
 

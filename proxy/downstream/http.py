@@ -44,6 +44,7 @@ from proxy.downstream import unix
 from proxy.errors import (
     BodyTooLarge,
     EndpointNotFound,
+    HeadersTooLarge,
     InvalidRequest,
     MethodNotAllowed,
     Overloaded,
@@ -107,11 +108,6 @@ class _Refused(Exception):
     def __init__(self, error: SidecarError) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-class HeadersTooLarge(SidecarError):
-    status = 431
-    error_code = "BAD_REQUEST"
 
 
 class _Request:
@@ -261,7 +257,6 @@ class HttpConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._write_blocked_at = 0.0
         self._reading_paused = False
-        self._refusal: SidecarError | None = None
         self._refused = False  # a refusal is queued: nothing more is parsed
         self.deadline = math.inf
 
@@ -295,7 +290,8 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(InvalidRequest("protocol upgrades are not supported: send plain HTTP/1.1 requests"))
         except httptools.HttpParserError as exc:
-            refusal, self._refusal = self._refusal, None
+            refused = exc.__context__  # httptools wraps what a callback raised
+            refusal = refused.error if isinstance(refused, _Refused) else None
             self._refuse(refusal or InvalidRequest(f"malformed HTTP request: {_parser_reason(exc)}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -339,7 +335,7 @@ class HttpConnection(asyncio.Protocol):
         request.url += url
         request.head_bytes += len(url)
         if request.head_bytes > self._limits.max_header_bytes:
-            raise self._refusing(HeadersTooLarge("request line and headers are too large"))
+            raise _Refused(HeadersTooLarge("request line and headers are too large"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self._parsing
@@ -349,7 +345,7 @@ class HttpConnection(asyncio.Protocol):
         request.header_count += 1
         request.head_bytes += len(name) + len(value) + 4
         if request.header_count > self._limits.max_headers or request.head_bytes > self._limits.max_header_bytes:
-            raise self._refusing(HeadersTooLarge("too many or too large request headers"))
+            raise _Refused(HeadersTooLarge("too many or too large request headers"))
         if not request.routed:
             self._route(request)  # the target is complete once headers come
         if request.pairs is not None:
@@ -371,12 +367,12 @@ class HttpConnection(asyncio.Protocol):
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
-            raise self._refusing(InvalidRequest(f"HTTP version {version} is not supported: use HTTP/1.1"))
+            raise _Refused(InvalidRequest(f"HTTP version {version} is not supported: use HTTP/1.1"))
         if request.transfer_encoding is not None and request.transfer_encoding.strip().lower() != b"chunked":
-            raise self._refusing(InvalidRequest("Transfer-Encoding other than chunked is not supported"))
+            raise _Refused(InvalidRequest("Transfer-Encoding other than chunked is not supported"))
         request.http11 = version == "1.1"
         if request.hosts > 1 or (request.http11 and not request.hosts):
-            raise self._refusing(InvalidRequest("an HTTP/1.1 request needs exactly one Host header"))
+            raise _Refused(InvalidRequest("an HTTP/1.1 request needs exactly one Host header"))
         request.keep_alive = parser.should_keep_alive()
         request.method = parser.get_method().decode("latin-1")
         if request.connection is not None:
@@ -393,13 +389,13 @@ class HttpConnection(asyncio.Protocol):
         size = len(body)
         request.body_size += size
         if request.body_size > MAX_BODY_BYTES:
-            raise self._refusing(BodyTooLarge(f"request body exceeds the limit of {MAX_BODY_BYTES} bytes"))
+            raise _Refused(BodyTooLarge(f"request body exceeds the limit of {MAX_BODY_BYTES} bytes"))
         self.deadline = time.monotonic() + self._limits.body_timeout
         if request.error is not None:
             return  # answered with an error once complete: the body is not kept
         front = self._front
         if front.buffered + size > self._limits.max_buffered_request_bytes:
-            raise self._refusing(
+            raise _Refused(
                 Overloaded("the sidecar is buffering too many request bodies; try again shortly", retry_after=1)
             )
         front.buffered += size
@@ -524,7 +520,7 @@ class HttpConnection(asyncio.Protocol):
             request.request_id = logs.new_request_id()
         length = request.content_length
         if length > MAX_BODY_BYTES:
-            raise self._refusing(BodyTooLarge(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}"))
+            raise _Refused(BodyTooLarge(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}"))
         if not request.routed:
             self._route(request)
         if request.route is None:
@@ -691,10 +687,6 @@ class HttpConnection(asyncio.Protocol):
                 request_id=request.request_id,
             )
         )
-
-    def _refusing(self, error: SidecarError) -> _Refused:
-        self._refusal = error
-        return _Refused(error)
 
     def _refuse(self, error: SidecarError) -> None:
         """Rule 1: answer `error` (after the requests before it), close, forward nothing more."""
