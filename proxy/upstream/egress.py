@@ -144,12 +144,16 @@ async def open_connection(
     host: str,
     port: int,
     *,
-    ssl_context: ssl.SSLContext,
+    ssl_context: ssl.SSLContext | None,
 ) -> tuple[asyncio.BaseTransport, P]:
-    """TCP and TLS to `host:port`: directly when `proxy` is None, else inside the proxy's tunnel."""
+    """TCP and TLS to `host:port`: directly when `proxy` is None, else inside the proxy's tunnel. Plain TCP
+    when `ssl_context` is None (only a plain http:// loopback workspace, which never goes through a proxy:
+    `proxy_for` answers None for anything but https)."""
     if proxy is None:
         loop = asyncio.get_running_loop()
-        return await loop.create_connection(protocol_factory, host, port, ssl=ssl_context, server_hostname=host)
+        hostname = host if ssl_context is not None else None
+        return await loop.create_connection(protocol_factory, host, port, ssl=ssl_context, server_hostname=hostname)
+    assert ssl_context is not None, "tunnels carry TLS only"
     return await open_tunnel(proxy, protocol_factory, host, port, ssl_context=ssl_context)
 
 

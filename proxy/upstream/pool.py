@@ -194,17 +194,13 @@ class Pool:
     async def _open(self) -> UpstreamConnection:
         try:
             async with asyncio.timeout(self.timeouts.connect):
-                if self._tls:
-                    _, conn = await egress.open_connection(
-                        self._proxy,
-                        lambda: UpstreamConnection(self),
-                        self._hostname,
-                        self._port,
-                        ssl_context=self._ssl_context,
-                    )
-                else:
-                    loop = asyncio.get_running_loop()
-                    _, conn = await loop.create_connection(lambda: UpstreamConnection(self), self._hostname, self._port)
+                _, conn = await egress.open_connection(
+                    self._proxy,
+                    lambda: UpstreamConnection(self),
+                    self._hostname,
+                    self._port,
+                    ssl_context=self._ssl_context if self._tls else None,
+                )
         except TimeoutError:
             raise self._connect_failed("timeout", f"handshake timed out after {self.timeouts.connect:g} s") from None
         except ssl.SSLError as exc:
