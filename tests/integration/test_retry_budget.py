@@ -11,19 +11,8 @@ import pytest
 
 from proxy.app import Sidecar
 from proxy.emulator import Emulator
-from tests.integration.conftest import SidecarFactory, url
-
-RECORDS = {"dataframe_records": [{"a": 1, "b": 2}]}
-FRAUD = "/serving-endpoints/fraud-ro/invocations"
-
-
-async def call(client: aiohttp.ClientSession, sidecar: Sidecar, path: str = FRAUD) -> tuple[int, dict[str, str], bytes]:
-    async with client.post(url(sidecar, path), json=RECORDS) as resp:
-        return resp.status, dict(resp.headers), await resp.read()
-
-
-def statuses(emu: Emulator, endpoint: str = "fraud-ro") -> dict[str, int]:
-    return dict(emu.counters.snapshot()["invocations"].get(endpoint, {}))
+from tests.integration.conftest import SidecarFactory
+from tests.integration.test_faults import call, statuses
 
 
 def retried(sidecar: Sidecar) -> float:
