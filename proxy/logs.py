@@ -35,7 +35,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-REQUEST_ID_HEADER = "X-Request-Id"
 MAX_REQUEST_ID = 128
 REDACTED = "[REDACTED]"
 UNTRUSTED_TEXT_LIMIT = 300  # characters of a remote server's error text that are kept
