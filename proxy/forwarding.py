@@ -46,23 +46,10 @@ from proxy.credentials.cache import TokenSources
 from proxy.endpoints import Resolution, Resolutions, TokenSource
 from proxy.errors import BodyTooLarge, ConnectFailed, SidecarError, UpstreamTimeout
 from proxy.routing import invocation_url
-from proxy.transport import Advice, Connection, Head, Sink, Transport
+from proxy.transport import HOP_BY_HOP, Advice, Connection, Head, Sink, Transport
 
 log = logging.getLogger("serving_sidecar")
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
 # Caller headers never forwarded: the forwarder sets its own Host, Authorization, framing and request id.
 NOT_FORWARDED = HOP_BY_HOP | {b"host", b"authorization", b"content-length", b"expect", b"x-request-id"}
 HOLD_LIMIT = 64 * 1024  # bytes of an answer held while deciding whether to retry it (rule 4)
@@ -282,17 +269,17 @@ class Exchange:
     # --- the front's side ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._f.budget.record_request()
-        if len(self.call.body) > MAX_BODY_BYTES:
-            self._fail(BodyTooLarge(f"request body is {len(self.call.body)} bytes; the limit is {MAX_BODY_BYTES}"))
+        f, call = self._f, self.call
+        f.budget.record_request()
+        if len(call.body) > MAX_BODY_BYTES:
+            self._fail(BodyTooLarge(f"request body is {len(call.body)} bytes; the limit is {MAX_BODY_BYTES}"))
             return
-        f = self._f
-        resolution = f.resolver.peek(self.call.endpoint)
+        resolution = f.resolver.peek(call.endpoint)
         if resolution is not None:
             source = f.credentials.for_target(resolution.url, resolution.authorization_details, label=resolution.name)
             token = source.peek()
             if token is not None:
-                target = f.target(resolution.url, self.call.served_model)
+                target = f.target(resolution.url, call.served_model)
                 conn = f.transport.idle(target.origin)
                 if conn is not None:
                     self._send(conn, resolution, source, token, target)
@@ -350,8 +337,8 @@ class Exchange:
             self._go_slow(self._recover_held())
             return
         self._done = True
+        self._sink.end()  # the caller has its answer before the bookkeeping
         self._observe(complete=True)
-        self._sink.end()
 
     def on_lost(self, error: SidecarError) -> None:
         self._conn = None
@@ -535,17 +522,9 @@ class Exchange:
     def _observe(self, *, complete: bool) -> None:
         if not self._sent_at or self._head is None:
             return
-        now = time.perf_counter()
+        now, sent = time.perf_counter(), self._sent_at  # both perf_counter: never negative below
         first = self._first_byte_at or now
-        self._f.on_exchange(
-            UpstreamExchange(
-                endpoint=self.call.endpoint,
-                status=self._head.status,
-                first_byte_seconds=max(0.0, first - self._sent_at),
-                seconds=max(0.0, now - self._sent_at),
-                complete=complete,
-            )
-        )
+        self._f.on_exchange(UpstreamExchange(self.call.endpoint, self._head.status, first - sent, now - sent, complete))
 
 
 def _header(head: Head, name: bytes) -> str | None:

@@ -111,12 +111,14 @@ class Metrics:
     def observe_request(self, record: RequestRecord, label: str) -> None:
         """Front hook: one answered request; `label` is its endpoint's metric label."""
         traffic = self._traffic
-        key = (label, record.front, str(record.status))
-        traffic.requests[key] = traffic.requests.get(key, 0) + 1
-        duration = traffic.durations.get(key[:2])
-        if duration is None:
-            duration = traffic.durations[key[:2]] = _Histogram()
-        duration.observe(record.seconds)
+        pair = (label, record.front)
+        counts = traffic.requests.get(pair)
+        if counts is None:
+            counts = traffic.requests[pair] = {}
+            traffic.durations[pair] = _Histogram()
+        status = record.status
+        counts[status] = counts.get(status, 0) + 1
+        traffic.durations[pair].observe(record.seconds)
 
     def observe_exchange(self, exchange: UpstreamExchange) -> None:
         """Forwarder hook: one upstream answer relayed (or abandoned)."""
@@ -270,7 +272,7 @@ class _Traffic(Collector):
     )
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str], int] = {}
+        self.requests: dict[tuple[str, str], dict[int | str, int]] = {}  # (endpoint, front) -> status -> count
         self.durations: dict[tuple[str, str], _Histogram] = {}
         self.exchanges: dict[str, tuple[_Histogram, _Histogram]] = {}
 
@@ -282,8 +284,9 @@ class _Traffic(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(*self.REQUESTS, labels=["endpoint", "front", "code"])
-        for labels, count in list(self.requests.items()):
-            requests.add_metric(list(labels), count)
+        for (endpoint, front), counts in list(self.requests.items()):
+            for status, count in list(counts.items()):
+                requests.add_metric([endpoint, front, str(status)], count)
         duration = HistogramMetricFamily(*self.DURATION, labels=["endpoint", "front"])
         for pair, histogram in list(self.durations.items()):
             duration.add_metric(list(pair), histogram.cumulative(), histogram.total)

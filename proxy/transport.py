@@ -16,14 +16,32 @@ from proxy.errors import SidecarError
 
 Headers = list[tuple[bytes, bytes]]
 
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Answer headers a proxy writes itself: hop-by-hop ones, the framing and the request id.
+NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
+
 
 class Head(NamedTuple):
     """An upstream answer's status line and headers. `length`: its Content-Length, None when the body is
-    chunked or runs until the connection closes."""
+    chunked or runs until the connection closes. `block`: the headers to relay (all but NOT_RELAYED) as
+    the pieces of `Name: value\r\n` lines, made while parsing so a front relays them without a second pass."""
 
     status: int
     headers: Headers
     length: int | None
+    block: list[bytes]
 
 
 class Receiver(Protocol):

@@ -51,7 +51,6 @@ from proxy.errors import (
     SidecarError,
 )
 from proxy.forwarding import (
-    HOP_BY_HOP,
     NOT_FORWARDED,
     Exchange,
     Forwarder,
@@ -61,13 +60,11 @@ from proxy.forwarding import (
     default_headers,
 )
 from proxy.surface import Forward, LocalAnswer, LocalRequest, Surface
-from proxy.transport import Advice, Head
+from proxy.transport import NOT_RELAYED, Advice, Head
 
 log = logging.getLogger("serving_sidecar")
 FRONT = "http"
 SWEEP_INTERVAL = 1.0
-# Upstream answer headers not relayed: the front writes its own framing and request id.
-NOT_RETURNED = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 _NO_BODY = frozenset({204, 304})
 MAX_ROUTES = 1024
 LOCAL = "(local routes)"  # the admission key of requests the surface answers (or forwards by their body)
@@ -100,6 +97,8 @@ def _status_line(status: int) -> bytes:
 
 
 _STATUS_LINES = {status.value: _status_line(status.value) for status in http.HTTPStatus}
+_METHODS = {method.encode(): method for method in ("POST", "GET", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+_DEFAULT_HEADERS = {(ct, accept): default_headers(ct, accept) for ct in (False, True) for accept in (False, True)}
 
 
 class _Refused(Exception):
@@ -352,7 +351,12 @@ class HttpConnection(asyncio.Protocol):
             request.pairs.append((name, value))
         lower = name.lower()
         if lower in NOT_FORWARDED:
-            self._note_header(request, lower, value)
+            if lower == b"host":
+                request.hosts += 1
+            elif lower == b"content-length":  # llhttp has checked it: digits, once
+                request.content_length = int(value)
+            else:
+                self._note_header(request, lower, value)
             return
         if lower == b"content-type":
             request.has_content_type = True
@@ -374,10 +378,11 @@ class HttpConnection(asyncio.Protocol):
         if request.hosts > 1 or (request.http11 and not request.hosts):
             raise _Refused(InvalidRequest("an HTTP/1.1 request needs exactly one Host header"))
         request.keep_alive = parser.should_keep_alive()
-        request.method = parser.get_method().decode("latin-1")
+        method = parser.get_method()
+        request.method = _METHODS.get(method) or method.decode("latin-1")
         if request.connection is not None:
             request.block = _without_connection_tokens(request.block, request.connection)
-        request.block.append(default_headers(request.has_content_type, request.has_accept))
+        request.block.append(_DEFAULT_HEADERS[request.has_content_type, request.has_accept])
         self._judge(request)
         if request.expect is not None and request.expect.lower() == b"100-continue" and request.error is None:
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -405,9 +410,14 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         request, self._parsing = self._parsing, None
         assert request is not None
-        self._front.buffered -= request.buffered
-        request.buffered = 0
+        if request.buffered:
+            self._front.buffered -= request.buffered
+            request.buffered = 0
         self.deadline = math.inf
+        if self._current is None and not self._waiting:
+            self._current = request
+            self._dispatch(request)
+            return
         self._waiting.append(request)
         if self._current is None:
             self._next()
@@ -423,12 +433,15 @@ class HttpConnection(asyncio.Protocol):
         request.status = head.status
         out = self._out
         out.append(_STATUS_LINES.get(head.status) or _status_line(head.status))
-        dropped = NOT_RETURNED if not advice else NOT_RETURNED | {name.lower().encode() for name, _ in advice}
-        for name, value in head.headers:
-            if name.lower() not in dropped:
-                out += (name, b": ", value, b"\r\n")
-        for key, text in advice:
-            out.append(f"{key}: {text}\r\n".encode("latin-1"))
+        if not advice:
+            out += head.block
+        else:
+            dropped = NOT_RELAYED | {name.lower().encode() for name, _ in advice}
+            for name, value in head.headers:
+                if name.lower() not in dropped:
+                    out += (name, b": ", value, b"\r\n")
+            for key, text in advice:
+                out.append(f"{key}: {text}\r\n".encode("latin-1"))
         out += (b"X-Request-Id: ", request.request_id.encode(), b"\r\n")
         if head.length is not None:
             out.append(b"Content-Length: %d\r\n" % head.length)
@@ -463,9 +476,10 @@ class HttpConnection(asyncio.Protocol):
     def end(self) -> None:
         request = self._current
         assert request is not None
+        out, self._out = self._out, []
         if request.chunked:
-            self._out.append(b"0\r\n\r\n")
-        self.flush()
+            out.append(b"0\r\n\r\n")
+        self._write(b"".join(out))
         self._finish(request)
 
     def fail(self, error: SidecarError, *, advice: Advice) -> None:
@@ -507,10 +521,6 @@ class HttpConnection(asyncio.Protocol):
             request.expect = value
         elif lower == b"connection":
             request.connection = value
-        elif lower == b"host":
-            request.hosts += 1
-        elif lower == b"content-length":  # llhttp has checked it: digits, once
-            request.content_length = int(value)
         elif lower == b"x-request-id":
             request.request_id = logs.request_id_from(value.decode("latin-1"))
 
@@ -549,6 +559,9 @@ class HttpConnection(asyncio.Protocol):
         if self._reading_paused and not self._waiting and not self._refused and self._transport is not None:
             self._reading_paused = False
             self._transport.resume_reading()
+        self._dispatch(request)
+
+    def _dispatch(self, request: _Request) -> None:
         if request.error is not None:
             self._answer(request, request.error)
             return
@@ -566,12 +579,9 @@ class HttpConnection(asyncio.Protocol):
             return
         request.admitted = True
         self._front.in_flight += 1
+        route = request.route
         call = Invocation(
-            endpoint=request.route.endpoint,
-            body=b"".join(request.body),
-            served_model=request.route.served_model,
-            headers=b"".join(request.block),
-            request_id=request.request_id,
+            route.endpoint, b"".join(request.body), route.served_model, b"".join(request.block), request.request_id
         )
         request.body = []
         request.exchange = self._front.forwarder.exchange(call, self)
@@ -677,14 +687,14 @@ class HttpConnection(asyncio.Protocol):
     def _record(self, request: _Request) -> None:
         self._front.on_request(
             RequestRecord(
-                front=FRONT,
-                method=request.method,
-                path=request.url.decode("latin-1"),
-                endpoint=request.endpoint,
-                status=request.status,
-                seconds=time.perf_counter() - request.started,
-                bytes_sent=request.bytes_sent,
-                request_id=request.request_id,
+                FRONT,
+                request.method,
+                request.url.decode("latin-1"),
+                request.endpoint,
+                request.status,
+                time.perf_counter() - request.started,
+                request.bytes_sent,
+                request.request_id,
             )
         )
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from proxy.errors import SidecarError, UpstreamTimeout, UpstreamUnreachable
-from proxy.transport import Head, Headers, Receiver
+from proxy.transport import NOT_RELAYED, Head, Headers, Receiver
 
 if TYPE_CHECKING:
     from proxy.upstream.pool import Pool
@@ -49,7 +49,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._receiver: Receiver | None = None
         self._headers: Headers = []
+        self._block: list[bytes] = []
         self._length: int | None = None
+        self._first_byte = pool.timeouts.first_byte
+        self._stream_idle = pool.timeouts.stream_idle
         self._skipping = False  # inside a 100 Continue answer
         self._head_seen = False
         self._paused = False
@@ -86,7 +89,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._receiver = receiver
         self._head_seen = False
         self.requests += 1
-        self.deadline = time.monotonic() + self._pool.timeouts.first_byte
+        self.deadline = time.monotonic() + self._first_byte
         if len(body) < 65536:
             transport.write(request + body)
         else:  # no 16 MiB copy: two writes
@@ -103,7 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._transport is not None and self._paused:
             self._paused = False
             self._transport.resume_reading()
-            self.deadline = time.monotonic() + self._pool.timeouts.stream_idle
+            self.deadline = time.monotonic() + self._stream_idle
 
     def abort(self) -> None:
         self._receiver = None
@@ -138,7 +141,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # bytes on an idle connection: the server is closing it (rule 2)
             return
         if not self._paused:
-            self.deadline = time.monotonic() + self._pool.timeouts.stream_idle
+            self.deadline = time.monotonic() + self._stream_idle
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -168,11 +171,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._headers = []
+        self._block = []
         self._length = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        if name.lower() == _CONTENT_LENGTH:
+        lower = name.lower()
+        if lower not in NOT_RELAYED:
+            self._block += (name, b": ", value, b"\r\n")
+        elif lower == _CONTENT_LENGTH:
             self._length = int(value)
 
     def on_headers_complete(self) -> None:
@@ -186,7 +193,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._head_seen = True
         if self._receiver is not None:
-            self._receiver.on_head(Head(status, self._headers, self._length))
+            self._receiver.on_head(Head(status, self._headers, self._length, self._block))
 
     def on_body(self, body: bytes) -> None:
         if self._receiver is not None:
@@ -198,13 +205,13 @@ class UpstreamConnection(asyncio.Protocol):
             return
         receiver, self._receiver = self._receiver, None
         self.deadline = math.inf
+        if receiver is not None:
+            receiver.on_end()  # first: the caller's answer goes out before the pool's bookkeeping
         if self._parser.should_keep_alive() and not self.closed:
             self.idle_since = time.monotonic()
             self._pool.release(self)
         else:
             self.close()
-        if receiver is not None:
-            receiver.on_end()
 
     # --- internals ----------------------------------------------------------------------------------
 
