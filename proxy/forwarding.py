@@ -192,10 +192,6 @@ class Forwarder:
         with self.admission.slot(endpoint):
             yield
 
-    def exchange(self, call: Invocation, sink: Sink) -> Exchange:
-        """`call`, ready to `start()`; its answer goes to `sink`. Cancel it if the caller leaves."""
-        return Exchange(self, call, sink)
-
     @contextlib.asynccontextmanager
     async def invoke(self, call: Invocation) -> AsyncIterator[BufferedReply]:
         """The answer to `call` for coroutine callers, its body still arriving; abandoned when the block exits."""

@@ -129,6 +129,7 @@ class _Request:
     http11 = True
     keep_alive = True
     route: routing.Route | None = None
+    endpoint = ""  # the route's endpoint name
     routed = False  # `route` was looked up
     pairs: list[tuple[bytes, bytes]] | None = None  # every header, kept only for a local route
     task: asyncio.Task[None] | None = None  # a local route being answered
@@ -145,10 +146,6 @@ class _Request:
         self.started = time.perf_counter()
         self.block: list[bytes] = []
         self.body: list[bytes] = []
-
-    @property
-    def endpoint(self) -> str:
-        return "" if self.route is None else self.route.endpoint
 
 
 class HttpFront:
@@ -549,7 +546,9 @@ class HttpConnection(asyncio.Protocol):
                 routes.clear()
             routes[request.url] = route
         request.route, request.routed = route, True
-        if route is None and self._front.surface is not None:
+        if route is not None:
+            request.endpoint = route.endpoint
+        elif self._front.surface is not None:
             request.pairs = []
 
     def _next(self) -> None:
@@ -572,19 +571,19 @@ class HttpConnection(asyncio.Protocol):
 
     def _forward(self, request: _Request) -> None:
         assert request.route is not None
+        front, route = self._front, request.route
         try:
-            self._front.forwarder.admission.acquire(request.route.endpoint)
+            front.forwarder.admission.acquire(route.endpoint)
         except Overloaded as error:
             self._answer(request, error)
             return
         request.admitted = True
-        self._front.in_flight += 1
-        route = request.route
+        front.in_flight += 1
         call = Invocation(
             route.endpoint, b"".join(request.body), route.served_model, b"".join(request.block), request.request_id
         )
         request.body = []
-        request.exchange = self._front.forwarder.exchange(call, self)
+        request.exchange = Exchange(front.forwarder, call, self)
         try:
             request.exchange.start()
         except Exception as exc:  # a bug, not a condition: logged with its traceback, answered as a 500
@@ -622,7 +621,7 @@ class HttpConnection(asyncio.Protocol):
         if self._current is not request:
             return  # the caller left meanwhile
         if isinstance(answer, Forward):
-            request.route = routing.Route(answer.endpoint, answer.served_model)
+            request.route, request.endpoint = routing.Route(answer.endpoint, answer.served_model), answer.endpoint
             self._forward(request)
         elif isinstance(answer, SidecarError):
             self._answer(request, answer)
