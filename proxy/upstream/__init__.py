@@ -2,7 +2,7 @@
 
 - `pool` and `connection`: the data path, a lean HTTP/1.1 client (asyncio Protocols over TLS, responses
   parsed by httptools) with one keep-alive pool per origin.
-- `control`: control-plane calls (OAuth, endpoint metadata) over aiohttp.
+- `control`: control-plane calls (OAuth, endpoint metadata) over the same pools.
 - `egress`: whether an upstream is reached through the egress proxy (HTTPS_PROXY, NO_PROXY), and the
   CONNECT tunnel the pools' connections then run in; the control plane applies the same decision.
 - `build_ssl_context`: the one TLS context both use.
