@@ -5,8 +5,9 @@ Rules:
 1. The parser is a security boundary. Answered 400 and closed, nothing forwarded: whatever llhttp refuses
    (Content-Length with Transfer-Encoding, duplicate or invalid Content-Length, bad chunk sizes, obs-fold,
    bad header names or values, bare LF), HTTP versions other than 1.0 and 1.1, a Transfer-Encoding other
-   than `chunked`, upgrades, no Host header in HTTP/1.1 or more than one (RFC 9112). Over `max_headers`
-   headers or `max_header_bytes` of request line and headers: 431 and closed.
+   than one `chunked` (a second Transfer-Encoding header too), upgrades, no Host header in HTTP/1.1 or
+   more than one (RFC 9112). Over `max_headers` headers or `max_header_bytes` of request line and
+   headers: 431 and closed.
 2. Requests on one connection are answered in order, one at a time; reading pauses while one waits.
 3. A body over MAX_BODY_BYTES is refused (413, closed) as soon as that is known: by Content-Length before
    any of it, or when the chunks pass the limit. Bodies still arriving share `max_buffered_request_bytes`;
@@ -513,6 +514,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _note_header(self, request: _Request, lower: bytes, value: bytes) -> None:
         if lower == b"transfer-encoding":
+            if request.transfer_encoding is not None:  # chunked twice, or another coding: llhttp may take it
+                raise _Refused(InvalidRequest("more than one Transfer-Encoding header: send one, chunked"))
             request.transfer_encoding = value
         elif lower == b"expect":
             request.expect = value

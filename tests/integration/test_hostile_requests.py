@@ -103,6 +103,11 @@ HOSTILE: dict[str, bytes] = {
     "transfer-encoding-gzip-chunked": head("Transfer-Encoding: gzip, chunked") + CHUNKED_BODY,
     "transfer-encoding-chunked-twice": head("Transfer-Encoding: chunked, chunked") + CHUNKED_BODY,
     "transfer-encoding-two-lines": head(TE, "Transfer-Encoding: identity") + CHUNKED_BODY,
+    "transfer-encoding-chunked-on-two-lines": head(TE, TE) + CHUNKED_BODY,  # chunked applied twice
+    "transfer-encoding-chunked-on-two-lines-with-tabs": head(
+        "TRANSFER-ENCODING:\tchunked\t", "Transfer-Encoding:chunked"
+    )
+    + CHUNKED_BODY,  # found by the differential test: llhttp takes it, aiohttp refuses it
     "transfer-encoding-unknown-token": head("Transfer-Encoding: xchunked") + CHUNKED_BODY,
     # chunk sizes
     "chunk-size-not-hex": head(TE) + b"zz\r\n" + BODY + b"\r\n0\r\n\r\n",
