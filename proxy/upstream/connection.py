@@ -122,7 +122,7 @@ class UpstreamConnection(asyncio.Protocol):
     def expire(self, now: float) -> None:
         """The sweeper found `deadline` passed (rule 6)."""
         waiting_head = not self._head_seen
-        timeout = self._pool.timeouts.first_byte if waiting_head else self._pool.timeouts.stream_idle
+        timeout = self._first_byte if waiting_head else self._stream_idle
         what = "send its answer" if waiting_head else "send more of its answer"
         self._fail(UpstreamTimeout(f"upstream {self._pool.host} did not {what} within {timeout:g} s"))
 
