@@ -26,8 +26,7 @@ class Admission:
     def acquire(self, endpoint: str) -> None:
         """Take a slot for `endpoint`, or raise Overloaded; `release` it when the answer is done."""
         held = self._per_endpoint.get(endpoint, 0)
-        if self.total >= self.max_total or held >= self.max_per_endpoint:
-            self._check(endpoint, held)
+        self._check(endpoint, held)
         self.total += 1
         self._per_endpoint[endpoint] = held + 1
 

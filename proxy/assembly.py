@@ -75,7 +75,7 @@ class RequestObserver:
         return UNRESOLVED
 
     def __call__(self, record: RequestRecord) -> None:
-        label = record.endpoint if record.endpoint in self._labels else self.endpoint_label(record.endpoint)
+        label = self.endpoint_label(record.endpoint)
         self._metrics.observe_request(record, label)
         if self._access_log:
             logs.log_access(

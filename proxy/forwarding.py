@@ -74,9 +74,16 @@ def header_block(pairs: Iterable[tuple[str, str]] | Iterable[tuple[bytes, bytes]
 
 
 def default_headers(has_content_type: bool, has_accept: bool) -> bytes:
-    return (b"" if has_content_type else b"Content-Type: application/json\r\n") + (
-        b"" if has_accept else b"Accept: application/json\r\n"
-    )
+    """The Content-Type and Accept lines added when the caller sent none (one look-up per request)."""
+    return _DEFAULT_HEADERS[has_content_type, has_accept]
+
+
+_DEFAULT_HEADERS = {
+    (content_type, accept): (b"" if content_type else b"Content-Type: application/json\r\n")
+    + (b"" if accept else b"Accept: application/json\r\n")
+    for content_type in (False, True)
+    for accept in (False, True)
+}
 
 
 class Invocation(NamedTuple):

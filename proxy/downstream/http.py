@@ -99,7 +99,6 @@ def _status_line(status: int) -> bytes:
 
 _STATUS_LINES = {status.value: _status_line(status.value) for status in http.HTTPStatus}
 _METHODS = {method.encode(): method for method in ("POST", "GET", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
-_DEFAULT_HEADERS = {(ct, accept): default_headers(ct, accept) for ct in (False, True) for accept in (False, True)}
 
 
 class _Refused(Exception):
@@ -380,7 +379,7 @@ class HttpConnection(asyncio.Protocol):
         request.method = _METHODS.get(method) or method.decode("latin-1")
         if request.connection is not None:
             request.block = _without_connection_tokens(request.block, request.connection)
-        request.block.append(_DEFAULT_HEADERS[request.has_content_type, request.has_accept])
+        request.block.append(default_headers(request.has_content_type, request.has_accept))
         self._judge(request)
         if request.expect is not None and request.expect.lower() == b"100-continue" and request.error is None:
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -474,10 +473,9 @@ class HttpConnection(asyncio.Protocol):
     def end(self) -> None:
         request = self._current
         assert request is not None
-        out, self._out = self._out, []
         if request.chunked:
-            out.append(b"0\r\n\r\n")
-        self._write(b"".join(out))
+            self._out.append(b"0\r\n\r\n")
+        self.flush()
         self._finish(request)
 
     def fail(self, error: SidecarError, *, advice: Advice) -> None:
