@@ -34,6 +34,7 @@ import math
 import socket
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -630,34 +631,23 @@ class HttpConnection(asyncio.Protocol):
             self._answer_local(request, answer)
 
     def _answer_local(self, request: _Request, answer: LocalAnswer) -> None:
-        request.status = answer.status
-        if self._front.draining:
-            request.keep_alive = False
-        out = [_STATUS_LINES.get(answer.status) or _status_line(answer.status)]
-        lines = [*answer.headers, ("X-Request-Id", request.request_id), ("Content-Length", str(len(answer.body)))]
-        if not request.keep_alive:
-            lines.append(("Connection", "close"))
-        out.append("".join(f"{name}: {value}\r\n" for name, value in lines).encode("latin-1"))
-        out += (b"\r\n", answer.body)
-        request.bytes_sent = len(answer.body)
-        self._write(b"".join(out))
-        self._finish(request)
+        self._answer_whole(request, answer.status, answer.headers, answer.body)
 
     def _answer(self, request: _Request, error: SidecarError, advice: Advice = _NO_ADVICE) -> None:
         """An answer the sidecar makes itself, for `request`."""
-        request.status = error.status
-        body = error.body()
+        self._answer_whole(request, error.status, [*error.headers().items(), *advice], error.body())
+
+    def _answer_whole(self, request: _Request, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
+        """A complete answer made here (an error, a local route): `headers`, then the request id and length."""
+        request.status = status
         if self._front.draining:
             request.keep_alive = False
-        out = [_STATUS_LINES.get(error.status) or _status_line(error.status)]
-        for name, value in [*error.headers().items(), *advice]:
-            out.append(f"{name}: {value}\r\n".encode("latin-1"))
-        out.append(f"X-Request-Id: {request.request_id}\r\nContent-Length: {len(body)}\r\n".encode())
+        lines = [*headers, ("X-Request-Id", request.request_id), ("Content-Length", str(len(body)))]
         if not request.keep_alive:
-            out.append(b"Connection: close\r\n")
-        out += (b"\r\n", body)
+            lines.append(("Connection", "close"))
+        head = "".join(f"{name}: {value}\r\n" for name, value in lines).encode("latin-1")
         request.bytes_sent = len(body)
-        self._write(b"".join(out))
+        self._write(b"".join((_STATUS_LINES.get(status) or _status_line(status), head, b"\r\n", body)))
         self._finish(request)
 
     def _finish(self, request: _Request) -> None:
