@@ -38,6 +38,7 @@ import contextlib
 import datetime
 import grp
 import os
+import platform
 import pwd
 import resource
 import shlex
@@ -258,14 +259,15 @@ async def start_aiohttp_proxy(procs: Processes, upstream_port: int) -> Target:
 
 
 class Sidecar(SidecarProcess):
-    """The harness's sidecar process with extra command-line arguments (a variant)."""
+    """The harness's sidecar process with extra command-line arguments, on a chosen interpreter (a variant)."""
 
-    def __init__(self, extra: Sequence[str], **kwargs: object) -> None:
+    def __init__(self, extra: Sequence[str], python: str, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.extra = list(extra)
+        self.python = python
 
     def _argv(self) -> list[str]:
-        return super()._argv() + self.extra
+        return [self.python, *super()._argv()[1:], *self.extra]
 
 
 async def start_emulator(procs: Processes, upstream_url: str) -> EmulatorProcess:
@@ -285,12 +287,15 @@ async def start_emulator(procs: Processes, upstream_url: str) -> EmulatorProcess
     return emulator
 
 
-async def start_sidecar(procs: Processes, emulator: EmulatorProcess, name: str, extra: Sequence[str]) -> Target:
+async def start_sidecar(
+    procs: Processes, emulator: EmulatorProcess, name: str, extra: Sequence[str], python: str = sys.executable
+) -> Target:
     bundle = procs.work / "ca-bundle.pem"
     if not bundle.exists():
         bundle.write_bytes(emulator.ca_file.read_bytes() + (procs.work / "nginx-ca.pem").read_bytes())
     sidecar = Sidecar(
         extra,
+        python,
         host=emulator.info["workspace_url"],
         client_id=emulator.info["client_id"],
         client_secret=emulator.info["client_secret"],
@@ -414,16 +419,25 @@ async def check_answer(session: aiohttp.ClientSession, target: Target, context: 
 # --- the run ---------------------------------------------------------------------------------------
 
 
-def variants(args: argparse.Namespace, flags: str) -> list[tuple[str, list[str]]]:
-    chosen = [(SIDECAR, [])]
+def variants(args: argparse.Namespace, flags: str) -> list[tuple[str, list[str], str]]:
+    """(name, extra arguments, interpreter) of each sidecar to measure."""
+    here = sys.executable
+    chosen = [(SIDECAR, [], here)]
     if "--event-loop" in flags:
-        chosen.append((f"{SIDECAR}-asyncio", ["--event-loop", "asyncio"]))
+        chosen.append((f"{SIDECAR}-asyncio", ["--event-loop", "asyncio"], here))
     if "--workers" in flags:
-        chosen.append((f"{SIDECAR}-workers2", ["--workers", "2"]))
+        chosen.append((f"{SIDECAR}-workers2", ["--workers", "2"], here))
     for spec in args.sidecar_variant:
         name, _, extra = spec.partition("=")
-        chosen.append((f"{SIDECAR}-{name}" if not name.startswith(SIDECAR) else name, shlex.split(extra)))
-    return [(name, extra) for name, extra in chosen if name not in args.skip]
+        chosen.append((variant_name(name), shlex.split(extra), here))
+    for spec in args.sidecar_python:
+        name, _, python = spec.partition("=")
+        chosen.append((variant_name(name), [], python))
+    return [variant for variant in chosen if variant[0] not in args.skip]
+
+
+def variant_name(name: str) -> str:
+    return name if name.startswith(SIDECAR) else f"{SIDECAR}-{name}"
 
 
 async def start_all(args: argparse.Namespace, procs: Processes) -> tuple[list[Target], int]:
@@ -443,9 +457,10 @@ async def start_all(args: argparse.Namespace, procs: Processes) -> tuple[list[Ta
     chosen = variants(args, run_flags())
     if chosen:
         emulator = await start_emulator(procs, upstream.url)
-        for name, extra in chosen:
-            print(f"starting {name} {shlex.join(extra)}".rstrip(), flush=True)
-            targets.append(await start_sidecar(procs, emulator, name, extra))
+        for name, extra, python in chosen:
+            on = "" if python == sys.executable else f" (on {python})"
+            print(f"starting {name} {shlex.join(extra)}".rstrip() + on, flush=True)
+            targets.append(await start_sidecar(procs, emulator, name, extra, python))
     return targets, upstream.pid
 
 
@@ -506,6 +521,7 @@ def machine_lines() -> list[str]:
         f"{tool_version(['wrk', '-v']).split(' Copyright')[0]}, OpenSSL {ssl.OPENSSL_VERSION.split()[1]}, "
         f"aiohttp {aiohttp.__version__}",
         f"sidecar checkout: {git}; load average at the end: {load}",
+        f"interpreter of the sidecar and the aiohttp proxy: {sys.executable} (Python {platform.python_version()})",
     ]
 
 
@@ -560,6 +576,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="another sidecar measured side by side, e.g. workers2='--workers 2' (repeatable)",
     )
     parser.add_argument(
+        "--sidecar-python",
+        action="append",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="the sidecar on another interpreter (one with this project installed), side by side, e.g. "
+        "devpython=.venv/bin/python (repeatable)",
+    )
+    parser.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -575,10 +599,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--wrk-threads must be within 1..16")
     if DIRECT in args.skip or NGINX_PROXY in args.skip:
         parser.error(f"{DIRECT} and {NGINX_PROXY} are the baselines of every ratio and cannot be skipped")
-    for spec in args.sidecar_variant:
-        name, sep, _ = spec.partition("=")
-        if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
-            parser.error(f"--sidecar-variant {spec!r}: expected NAME='ARGS' with NAME of letters, digits, - or _")
+    for option, specs, shape in (
+        ("--sidecar-variant", args.sidecar_variant, "NAME='ARGS'"),
+        ("--sidecar-python", args.sidecar_python, "NAME=PYTHON"),
+    ):
+        for spec in specs:
+            name, sep, value = spec.partition("=")
+            if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
+                parser.error(f"{option} {spec!r}: expected {shape} with NAME of letters, digits, - or _")
+            if option == "--sidecar-python" and shutil.which(value) is None:
+                parser.error(f"--sidecar-python {spec!r}: {value} is not an executable")
     return args
 
 
