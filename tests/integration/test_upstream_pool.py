@@ -152,3 +152,59 @@ async def test_a_connection_that_saw_eof_while_idle_leaves_the_pool_at_once(
             break
         await asyncio.sleep(0.02)
     assert upstream.pool(origin).stats() == upstream.pool(origin).stats().__class__(f"127.0.0.1:{server.port}", 0, 0)
+
+
+@dataclass
+class KeepChunks(Collect):
+    """Keeps every body chunk object as handed over, to see whether a later read changed it."""
+
+    chunks: list[bytes] = field(default_factory=list)
+
+    def on_body(self, data: bytes) -> None:
+        self.chunks.append(data)
+        super().on_body(data)
+
+
+async def test_chunks_of_answers_read_at_the_same_time_stay_as_they_were_sent(
+    ca: trustme.CA, upstream: Upstream
+) -> None:
+    """Every upstream read lands in one shared buffer (connection rule 7): the body chunks handed on must
+    be copies, still intact after the other connections' reads that came in the same loop turns."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    go = asyncio.Event()
+    pieces = 5
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        letter = head.split(b"X-Letter: ")[1][:1]
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await go.wait()
+        for index in range(pieces):
+            data = letter * 100 + str(index).encode()
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            await writer.drain()
+            await asyncio.sleep(0.02)  # each piece in a read of its own, all connections' pieces together
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    origin = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        letters = b"abcd"
+        receivers = []
+        for letter in letters:
+            conn = await upstream.connect(origin)
+            receiver = KeepChunks(asyncio.get_running_loop().create_future())
+            conn.send(REQUEST.replace(b"\r\n\r\n", b"\r\nX-Letter: %c\r\n\r\n" % letter), b"ok", receiver)
+            receivers.append(receiver)
+        await asyncio.sleep(0.1)
+        go.set()
+        await asyncio.wait_for(asyncio.gather(*(r.done for r in receivers)), 10)
+    finally:
+        server.close()
+    for letter, receiver in zip(letters, receivers, strict=True):
+        expected = b"".join(bytes([letter]) * 100 + str(index).encode() for index in range(pieces))
+        assert b"".join(bytes(chunk) for chunk in receiver.chunks) == expected
+        assert receiver.body == expected
