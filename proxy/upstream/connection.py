@@ -18,8 +18,7 @@ Rules:
    hands the callbacks copies, so nothing holds on to it when the next read comes. A protocol that
    takes bytes instead makes uvloop's and asyncio's TLS layer allocate 256 KiB per read and shrink it to
    the few hundred bytes read: glibc maps and unmaps that block on every read unless something earlier
-   raised its mmap threshold (seen in every `--workers` worker: three system calls and 64 page faults
-   per answer).
+   raised its mmap threshold (seen in every `--workers` worker: mmap, mremap and munmap per answer).
 """
 
 from __future__ import annotations
