@@ -340,8 +340,9 @@ class Exchange:
             self._go_slow(self._recover_held())
             return
         self._done = True
+        ended = time.perf_counter()  # the upstream's part ends here, before the front's write
         self._sink.end()  # the caller has its answer before the bookkeeping
-        self._observe(complete=True)
+        self._observe(complete=True, now=ended)
 
     def on_lost(self, error: SidecarError) -> None:
         self._conn = None
@@ -522,10 +523,10 @@ class Exchange:
         )
         return retries.client_retry_headers(status, outcome, error)
 
-    def _observe(self, *, complete: bool) -> None:
+    def _observe(self, *, complete: bool, now: float | None = None) -> None:
         if not self._sent_at or self._head is None:
             return
-        now, sent = time.perf_counter(), self._sent_at  # both perf_counter: never negative below
+        now, sent = now or time.perf_counter(), self._sent_at  # both perf_counter: never negative below
         first = self._first_byte_at or now
         self._f.on_exchange(UpstreamExchange(self.call.endpoint, self._head.status, first - sent, now - sent, complete))
 
