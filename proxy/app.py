@@ -146,10 +146,6 @@ class Sidecar:
             return workload_identity_fetch(self.oauth, self.settings.token_file, audience=self.settings.token_audience)
         return self.oauth.client_credentials
 
-    def endpoint_label(self, name: str) -> str:
-        """Metric label for an endpoint name: configured or resolved names only (remembered once known)."""
-        return self.observe_request.endpoint_label(name)
-
     def _token_obtained(self, key: TokenKey, token: Token) -> None:
         if self.authority is not None:
             self.authority.token_obtained(key, token)  # to every worker
