@@ -91,7 +91,7 @@ class RefreshingToken:
         kind: str,
         label: str = "",
         clock: Callable[[], float] = time.time,
-        observer: Observer = _ignore,
+        observer: Observer | None = None,
         on_change: Callable[[], object] = _nothing,
         on_token: TokenHook | None = None,
     ) -> None:
@@ -101,7 +101,7 @@ class RefreshingToken:
         self.kind = kind
         self.label = label
         self._clock = clock
-        self._observer = observer
+        self._observer = observer or _ignore
         self._token: Token | None = None
         self._inflight: asyncio.Task[Token] | None = None
         self._loop_task: asyncio.Task[None] | None = None

@@ -151,8 +151,6 @@ class Credentials:
     def _token(self, fetch: Fetch, *, kind: str, label: str, key: TokenKey) -> RefreshingToken:
         hook = self._on_token
         on_token = None if hook is None else lambda token: hook(key, token)
-        if self._observer is None:
-            return RefreshingToken(fetch, kind=kind, label=label, clock=self._clock, on_token=on_token)
         return RefreshingToken(
             fetch, kind=kind, label=label, clock=self._clock, observer=self._observer, on_token=on_token
         )
