@@ -14,7 +14,7 @@ from pathlib import Path
 
 from proxy.credentials.cache import Fetch, FetchOutcome, Observer, RefreshingToken, Token, TokenCache
 from proxy.credentials.oauth import OAuthClient
-from proxy.credentials.targets import token_kind as token_kind  # re-exported: its home until --workers
+from proxy.credentials.targets import token_kind
 from proxy.errors import NoCredential, TokenError
 
 # Which credential a token belongs to: None for the workspace token, else (invocation URL, authorization details).

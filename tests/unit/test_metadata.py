@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from proxy.credentials.sources import token_kind
+from proxy.credentials.targets import token_kind
 from proxy.endpoints import FAILURE_TTL, NEGATIVE_TTL, Resolver, parse_resolution
 from proxy.errors import (
     BadMetadata,
