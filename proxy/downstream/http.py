@@ -628,10 +628,7 @@ class HttpConnection(asyncio.Protocol):
         elif isinstance(answer, SidecarError):
             self._answer(request, answer)
         else:
-            self._answer_local(request, answer)
-
-    def _answer_local(self, request: _Request, answer: LocalAnswer) -> None:
-        self._answer_whole(request, answer.status, answer.headers, answer.body)
+            self._answer_whole(request, answer.status, answer.headers, answer.body)
 
     def _answer(self, request: _Request, error: SidecarError, advice: Advice = _NO_ADVICE) -> None:
         """An answer the sidecar makes itself, for `request`."""
