@@ -1,7 +1,8 @@
 """What the sidecar costs per forwarded request, against nginx and a minimal aiohttp proxy (`make bench`).
 
     .venv/bin/python scripts/bench.py [--duration 3] [--rounds 5] [--warmup 2] [--markdown FILE]
-                                      [--sidecar-variant NAME='ARGS' ...] [--skip TARGET ...]
+                                      [--sidecar-variant NAME='ARGS' ...] [--sidecar-python NAME=PYTHON ...]
+                                      [--skip TARGET ...]
 
 Everything on one machine, on loopback. wrk is the load generator; the model is an nginx over HTTPS
 (TLS from a trustme CA) that answers the invocation path with a small static JSON body, so the upstream
@@ -48,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,15 +260,14 @@ async def start_aiohttp_proxy(procs: Processes, upstream_port: int) -> Target:
 
 
 class Sidecar(SidecarProcess):
-    """The harness's sidecar process with extra command-line arguments, on a chosen interpreter (a variant)."""
+    """The harness's sidecar process with extra command-line arguments (a variant)."""
 
-    def __init__(self, extra: Sequence[str], python: str, **kwargs: object) -> None:
+    def __init__(self, extra: Sequence[str], **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.extra = list(extra)
-        self.python = python
 
     def _argv(self) -> list[str]:
-        return [self.python, *super()._argv()[1:], *self.extra]
+        return super()._argv() + self.extra
 
 
 async def start_emulator(procs: Processes, upstream_url: str) -> EmulatorProcess:
@@ -288,14 +288,14 @@ async def start_emulator(procs: Processes, upstream_url: str) -> EmulatorProcess
 
 
 async def start_sidecar(
-    procs: Processes, emulator: EmulatorProcess, name: str, extra: Sequence[str], python: str = sys.executable
+    procs: Processes, emulator: EmulatorProcess, name: str, extra: Sequence[str], python: str
 ) -> Target:
     bundle = procs.work / "ca-bundle.pem"
     if not bundle.exists():
         bundle.write_bytes(emulator.ca_file.read_bytes() + (procs.work / "nginx-ca.pem").read_bytes())
     sidecar = Sidecar(
         extra,
-        python,
+        python=python,
         host=emulator.info["workspace_url"],
         client_id=emulator.info["client_id"],
         client_secret=emulator.info["client_secret"],
@@ -427,12 +427,8 @@ def variants(args: argparse.Namespace, flags: str) -> list[tuple[str, list[str],
         chosen.append((f"{SIDECAR}-asyncio", ["--event-loop", "asyncio"], here))
     if "--workers" in flags:
         chosen.append((f"{SIDECAR}-workers2", ["--workers", "2"], here))
-    for spec in args.sidecar_variant:
-        name, _, extra = spec.partition("=")
-        chosen.append((variant_name(name), shlex.split(extra), here))
-    for spec in args.sidecar_python:
-        name, _, python = spec.partition("=")
-        chosen.append((variant_name(name), [], python))
+    chosen += [(variant_name(name), shlex.split(extra), here) for name, extra in args.sidecar_variant]
+    chosen += [(variant_name(name), [], python) for name, python in args.sidecar_python]
     return [variant for variant in chosen if variant[0] not in args.skip]
 
 
@@ -572,13 +568,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sidecar-variant",
         action="append",
         default=[],
+        type=named("NAME='ARGS'"),
         metavar="NAME=ARGS",
-        help="another sidecar measured side by side, e.g. workers2='--workers 2' (repeatable)",
+        help="another sidecar measured side by side, e.g. pool16='--pool-size 16' (repeatable)",
     )
     parser.add_argument(
         "--sidecar-python",
         action="append",
         default=[],
+        type=named("NAME=PYTHON", check=interpreter),
         metavar="NAME=PYTHON",
         help="the sidecar on another interpreter (one with this project installed), side by side, e.g. "
         "devpython=.venv/bin/python (repeatable)",
@@ -599,17 +597,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--wrk-threads must be within 1..16")
     if DIRECT in args.skip or NGINX_PROXY in args.skip:
         parser.error(f"{DIRECT} and {NGINX_PROXY} are the baselines of every ratio and cannot be skipped")
-    for option, specs, shape in (
-        ("--sidecar-variant", args.sidecar_variant, "NAME='ARGS'"),
-        ("--sidecar-python", args.sidecar_python, "NAME=PYTHON"),
-    ):
-        for spec in specs:
-            name, sep, value = spec.partition("=")
-            if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
-                parser.error(f"{option} {spec!r}: expected {shape} with NAME of letters, digits, - or _")
-            if option == "--sidecar-python" and shutil.which(value) is None:
-                parser.error(f"--sidecar-python {spec!r}: {value} is not an executable")
     return args
+
+
+def named(shape: str, check: Callable[[str], str | None] = lambda _: None) -> Callable[[str], tuple[str, str]]:
+    """An argparse type for NAME=VALUE: the pair, or an error naming `shape` (or what `check` finds wrong)."""
+
+    def parse(spec: str) -> tuple[str, str]:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise argparse.ArgumentTypeError(f"{spec!r}: expected {shape} with NAME of letters, digits, - or _")
+        problem = check(value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{spec!r}: {problem}")
+        return name, value
+
+    return parse
+
+
+def interpreter(path: str) -> str | None:
+    return None if shutil.which(path) else f"{path} is not an executable"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,7 +127,9 @@ class SidecarProcess:
         flags: Mapping[str, Any] | None = None,
         endpoints: Iterable[str] = (),
         log_dir: Path | None = None,
+        python: str = sys.executable,
     ) -> None:
+        self.python = python  # the interpreter that runs `python -m proxy run`
         self.host = host
         self.client_id = client_id
         self._secret = client_secret
@@ -154,7 +156,7 @@ class SidecarProcess:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def _argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "proxy", "run", "--host", self.host, "--client-id", self.client_id]
+        argv = [self.python, "-m", "proxy", "run", "--host", self.host, "--client-id", self.client_id]
         if self.ca_file is not None:
             argv += ["--ca-bundle", str(self.ca_file)]
         argv += ["--http-listen", f"127.0.0.1:{self.http_port}"]
