@@ -59,7 +59,7 @@ $(BENCH_VENV)/bin/serving-sidecar: pyproject.toml
 	touch $@
 
 bench: venv
-	bash scripts/install-bench-tools
+	BENCH_PY=$(BENCH_PY) bash scripts/install-bench-tools
 	$(MAKE) $(BENCH_VENV)/bin/serving-sidecar
 	$(BENCH_VENV)/bin/python scripts/bench.py --sidecar-python devpython=$(BIN)/python $(BENCH_ARGS)
 
