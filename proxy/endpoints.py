@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
 from cachetools import LRUCache
@@ -52,6 +52,16 @@ RECHECK_INTERVAL = 5.0  # at most one re-resolution per name this often, however
 MAX_CACHED = 1024
 NEW_NAME_LOOKUPS_PER_SECOND = 10.0
 NEW_NAME_LOOKUPS_BURST = 20
+
+V = TypeVar("V")
+
+
+def store_bounded(found: dict[str, V], name: str, value: V) -> None:
+    """`found[name] = value`, the oldest name dropped first when MAX_CACHED are held. A plain dict rather
+    than an LRU cache: reading it is on every request's path, and a hit must not reorder anything."""
+    if name not in found and len(found) >= MAX_CACHED:
+        del found[next(iter(found))]
+    found[name] = value
 
 
 @dataclass(frozen=True)
@@ -166,7 +176,7 @@ class Resolver:
         self._fetch = fetch
         self._workspace_url = workspace_url
         self._ttl = ttl
-        # A plain dict (oldest dropped beyond MAX_CACHED, see `_store`): `peek` is on every request's path.
+        # A plain dict (`store_bounded`): `peek` is on every request's path.
         self._found: dict[str, _Entry] = {}
         self._failed: LRUCache[str, _Failure] = LRUCache(MAX_CACHED)
         self._inflight: dict[str, asyncio.Task[Resolution]] = {}
@@ -269,11 +279,6 @@ class Resolver:
 
         return done
 
-    def _store(self, name: str, entry: _Entry) -> None:
-        if name not in self._found and len(self._found) >= MAX_CACHED:
-            del self._found[next(iter(self._found))]  # the oldest name
-        self._found[name] = entry
-
     async def _lookup(self, name: str) -> Resolution:
         try:
             resolution = await self._read(name)
@@ -292,7 +297,7 @@ class Resolver:
             raise
         self._failed.pop(name, None)
         old = self._found.get(name)
-        self._store(name, _Entry(resolution, self._clock() + self._ttl))
+        store_bounded(self._found, name, _Entry(resolution, self._clock() + self._ttl))
         if old is not None and old.resolution != resolution:
             await self._changed(old.resolution)
         return resolution

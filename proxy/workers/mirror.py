@@ -22,11 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from cachetools import LRUCache
-
 from proxy.credentials import schedule
 from proxy.credentials.targets import token_kind
-from proxy.endpoints import MAX_CACHED, Resolution
+from proxy.endpoints import MAX_CACHED, Resolution, store_bounded
 from proxy.workers.channel import Message
 from proxy.workers.wire import key_to_wire, resolution_from_wire, resolution_to_wire, token_from_wire
 
@@ -164,7 +162,7 @@ class RemoteResolver:
         self._parent = parent
         self._clock = clock
         self._nudge_interval = nudge_interval
-        self._known: LRUCache[str, Resolution] = LRUCache(MAX_CACHED)
+        self._known: dict[str, Resolution] = {}  # `store_bounded`: `peek` is on every request's path
         self._nudge_at: dict[str, float] = {}
         self._asking: dict[str, asyncio.Task[Resolution]] = {}
 
@@ -215,9 +213,9 @@ class RemoteResolver:
             return
         if name not in self._known:
             if len(self._nudge_at) > 2 * MAX_CACHED:
-                self._nudge_at.clear()  # names the LRU cache dropped
+                self._nudge_at.clear()  # names dropped from the bounded cache
             self._nudge_at[name] = self._clock() + self._nudge_interval  # the parent has just resolved it
-        self._known[name] = resolution
+        store_bounded(self._known, name, resolution)
 
     async def _ask(self, name: str) -> Resolution:
         try:
