@@ -43,7 +43,7 @@ from proxy.downstream.grpc import GrpcFront
 from proxy.downstream.http import HttpFront
 from proxy.downstream.plain import PlainServer
 from proxy.endpoints import Resolution, Resolver, metadata_fetcher
-from proxy.errors import ConfigError, SidecarError
+from proxy.errors import ConfigError
 from proxy.metrics import Metrics
 from proxy.readiness import Health, Readiness
 from proxy.upstream import build_ssl_context
@@ -228,7 +228,9 @@ class Sidecar:
         _log_egress(self.settings)
         self.credentials.start()
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._warm_configured()))
+        self._tasks.append(
+            loop.create_task(self.forwarder.warm_all(self.settings.endpoints, self.settings.warm_connections))
+        )
         self._tasks.append(loop.create_task(self._watch_descriptors()))
         if self.settings.client_secret_file is not None:
             watcher = watch_file(self.settings.client_secret_file, self.credentials.workspace.retry_now)
@@ -260,13 +262,6 @@ class Sidecar:
     def _bound(self, name: str) -> ListenAddress:
         configured: ListenAddress = getattr(self.settings, f"{name}_listen")
         return configured if isinstance(configured, UnixAddress) else Address(configured.host, self.port(name))
-
-    async def _warm_configured(self) -> None:
-        for name in self.settings.endpoints:
-            try:
-                await self.forwarder.warm(name, self.settings.warm_connections)
-            except SidecarError as error:
-                log.warning("could not warm endpoint %s: %s", name, error.message)
 
     async def wait_ready(self, seconds: float) -> bool:
         """Poll readiness for up to `seconds`; True once ready."""

@@ -233,6 +233,14 @@ class Forwarder:
         await self.transport.warm(self.target(resolution.url, None).origin, connections)
         return resolution
 
+    async def warm_all(self, names: Iterable[str], connections: int) -> None:
+        """`warm` each name in turn; one that cannot be warmed is logged and left for its first request."""
+        for name in names:
+            try:
+                await self.warm(name, connections)
+            except SidecarError as error:
+                log.warning("could not warm endpoint %s: %s", name, error.message)
+
 
 class Exchange:
     """One invocation in flight: a `transport.Receiver` for each attempt, relaying to the front's `Sink`."""

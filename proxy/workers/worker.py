@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 from proxy import assembly, logs
 from proxy.config import Settings
 from proxy.downstream.http import HttpFront
-from proxy.errors import SidecarError
 from proxy.forwarding import Forwarder
 from proxy.metrics import Metrics
 from proxy.upstream import build_ssl_context
@@ -101,7 +100,9 @@ class Worker:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop, settings.drain_timeout)
         self.channel.note("serving", pid=os.getpid())
-        return [loop.create_task(self.warm(settings)), loop.create_task(self.push_metrics())]
+        assert self.forwarder is not None
+        warming = self.forwarder.warm_all(settings.endpoints, settings.warm_connections)
+        return [loop.create_task(warming), loop.create_task(self.push_metrics())]
 
     async def drain(self, grace: float) -> None:
         """Rule 3: no more hand-offs; the front stops as in one process."""
@@ -147,14 +148,6 @@ class Worker:
 
     async def on_call(self, op: str, message: Message) -> Message:
         raise ValueError(f"unknown request {op!r}")  # the parent only sends notes
-
-    async def warm(self, settings: Settings) -> None:
-        assert self.forwarder is not None
-        for name in settings.endpoints:
-            try:
-                await self.forwarder.warm(name, settings.warm_connections)
-            except SidecarError as error:
-                log.warning("could not warm endpoint %s: %s", name, error.message)
 
     async def push_metrics(self) -> None:
         """Rule 2."""
