@@ -147,11 +147,7 @@ class Metrics:
 
     def snapshot(self) -> Snapshot:
         """This process's share of the families other processes add up (WORKER_FAMILIES)."""
-        return {
-            family.name: [(sample.name, dict(sample.labels), sample.value) for sample in family.samples]
-            for family in self.registry.collect()
-            if family.name in WORKER_FAMILIES
-        }
+        return {family.name: _samples(family) for family in self.registry.collect() if family.name in WORKER_FAMILIES}
 
     def exposition(self, others: Sequence[Snapshot] = ()) -> bytes:
         """The text exposition; `others` (workers' snapshots) are added to the families this registry defines."""
@@ -162,12 +158,12 @@ class Metrics:
         return generate_latest(merged)
 
 
-def combine(snapshots: Iterable[Snapshot], *, families: frozenset[str] = WORKER_FAMILIES) -> Snapshot:
+def combine(snapshots: Iterable[Snapshot]) -> Snapshot:
     """Samples of the same name and labels added up (`_created` timestamps: the earliest). Pure."""
     values: dict[str, dict[_Key, tuple[dict[str, str], float]]] = {}
     for snapshot in snapshots:
         for family, samples in snapshot.items():
-            if family in families:
+            if family in WORKER_FAMILIES:
                 _add(values.setdefault(family, {}), samples)
     return {
         family: [(key[0], labels, value) for key, (labels, value) in found.items()] for family, found in values.items()
@@ -200,6 +196,10 @@ def _sample_from_wire(sample: Any) -> Sample:
     return name, labels, float(value)
 
 
+def _samples(family: Metric) -> list[Sample]:
+    return [(sample.name, dict(sample.labels), sample.value) for sample in family.samples]
+
+
 def _add(found: dict[_Key, tuple[dict[str, str], float]], samples: Iterable[Sample]) -> None:
     for name, labels, value in samples:
         key = (name, tuple(sorted(labels.items())))
@@ -220,13 +220,15 @@ class _Merged(Collector):
         self._others = others
 
     def collect(self) -> Iterator[Metric]:
-        for family in self._registry.collect():
+        families = list(self._registry.collect())
+        own = {family.name: _samples(family) for family in families if family.name in WORKER_FAMILIES}
+        totals = combine([own, *self._others])  # once for every family
+        for family in families:
             if family.name not in WORKER_FAMILIES:
                 yield family
                 continue
-            own: Snapshot = {family.name: [(s.name, dict(s.labels), s.value) for s in family.samples]}
             merged = Metric(family.name, family.documentation, family.type, family.unit)
-            for name, labels, value in combine([own, *self._others]).get(family.name, []):
+            for name, labels, value in totals.get(family.name, []):
                 merged.add_sample(name, labels, value)
             yield merged
 
