@@ -52,7 +52,6 @@ from proxy.upstream.control import ControlPlane
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from proxy.workers.authority import Authority
     from proxy.workers.supervisor import Workers
 
 log = logging.getLogger("serving_sidecar")
@@ -115,15 +114,16 @@ class Sidecar:
         self.http_front = assembly.http_front(settings, self.forwarder, self.observe_request, self.surface)
         self.grpc_front = GrpcFront(self.forwarder, self.observe_request, self.readiness)
         # --workers N > 1: N processes serve the HTTP front; this one keeps tokens, resolutions, gRPC and admin.
-        self.authority: Authority | None = None
         self.workers: Workers | None = None
         if settings.workers > 1:
-            from proxy.workers.authority import Authority  # loaded only with workers (memory)
-            from proxy.workers.supervisor import Workers
+            from proxy.workers.supervisor import Workers  # loaded only with workers (memory)
 
-            self.authority = Authority(self.resolver, self.credentials)
             self.workers = Workers(
-                settings, self.authority, on_change=self.readiness.current, on_no_descriptors=self.out_of_descriptors
+                settings,
+                self.resolver,
+                self.credentials,
+                on_change=self.readiness.current,
+                on_no_descriptors=self.out_of_descriptors,
             )
         self.metrics.watch_in_flight("http", lambda: self.http_front.in_flight)
         self.metrics.watch_in_flight("grpc", lambda: self.grpc_front.in_flight)
@@ -147,14 +147,14 @@ class Sidecar:
         return self.oauth.client_credentials
 
     def _token_obtained(self, key: TokenKey, token: Token) -> None:
-        if self.authority is not None:
-            self.authority.token_obtained(key, token)  # to every worker
+        if self.workers is not None:
+            self.workers.authority.token_obtained(key, token)  # to every worker
 
     async def _resolution_changed(self, old: Resolution) -> None:
         # a recreated or deleted endpoint's data-plane token stops refreshing
         await self.credentials.forget(old.url, old.authorization_details)
-        if self.authority is not None:
-            self.authority.resolution_changed(old)
+        if self.workers is not None:
+            self.workers.authority.resolution_changed(old)
 
     def health(self) -> Health:
         """Liveness, startup (ready at least once since start) and readiness, computed now (subscribers follow)."""

@@ -10,7 +10,6 @@ Sent to workers (notes): `token {key, token}` whenever a token is obtained, `for
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from proxy.credentials.cache import Token
 from proxy.credentials.sources import Credentials, TokenKey
@@ -27,12 +26,8 @@ from proxy.workers.wire import (
 Broadcast = Callable[..., None]  # (op, **fields): a note to every worker
 
 
-def _ignore(_op: str, **_fields: Any) -> None:
-    return None
-
-
 class Authority:
-    def __init__(self, resolver: Resolver, credentials: Credentials, broadcast: Broadcast = _ignore) -> None:
+    def __init__(self, resolver: Resolver, credentials: Credentials, broadcast: Broadcast) -> None:
         self._resolver = resolver
         self._credentials = credentials
         self.broadcast = broadcast

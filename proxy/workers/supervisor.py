@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.config import ListenAddress, Settings
+from proxy.credentials.sources import Credentials
+from proxy.endpoints import Resolver
 from proxy.errors import ConfigError
 from proxy.metrics import Snapshot, combine, snapshot_from_wire, totals_only
 from proxy.workers.authority import Authority
@@ -82,7 +84,8 @@ class Workers:
     def __init__(
         self,
         settings: Settings,
-        authority: Authority,
+        resolver: Resolver,
+        credentials: Credentials,
         *,
         restarts: Restarts | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -92,7 +95,7 @@ class Workers:
         """`on_change` runs whenever a worker starts or stops serving (readiness follows it);
         `on_no_descriptors` when accepting finds no file descriptor."""
         self.settings = settings
-        self.authority = authority
+        self.authority = Authority(resolver, credentials, self.broadcast)  # the parent answers the workers
         self.count = settings.workers
         self.port = 0
         self._slots = [_Slot(index) for index in range(1, self.count + 1)]
@@ -103,7 +106,6 @@ class Workers:
         self._stopping = False
         self._on_change = on_change
         self._on_no_descriptors = on_no_descriptors
-        authority.broadcast = self.broadcast
 
     def __repr__(self) -> str:
         return f"Workers(port={self.port}, slots={self._slots}, {self._restarts!r})"
