@@ -24,12 +24,12 @@ import socket
 import ssl
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from proxy import __version__, config, logs
+from proxy import __version__, config, logs, runtime
 from proxy.app import Sidecar
 from proxy.errors import ConfigError, InjectError, SidecarError
 from proxy.inject import AUTH_MODES, InjectOptions, inject
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        return run_on_loop(_demo(args), "uvloop")
+        return runtime.run_on_loop(_demo(args), "uvloop")
     settings = config.load(vars(args))
     logs.configure(fmt=settings.log_format, level=settings.log_level, secrets=_known_secrets(settings))
     if settings.insecure_host:
@@ -182,19 +182,8 @@ def _command(args: argparse.Namespace) -> int:
             settings.host,
         )
     if args.command == "check":
-        return run_on_loop(_check(settings), settings.event_loop)
-    return run_on_loop(_serve(Sidecar(settings)), settings.event_loop)
-
-
-def run_on_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
-    """Run `main` to completion on a new loop of the chosen kind ("uvloop" or "asyncio")."""
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if event_loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
+        return runtime.run_on_loop(_check(settings), settings.event_loop)
+    return runtime.run_on_loop(_serve(Sidecar(settings)), settings.event_loop)
 
 
 def _config_message(error: ConfigError) -> str:
@@ -240,7 +229,7 @@ async def _serve(sidecar: Sidecar, banner: str = "") -> int:
         name = signal.Signals(signum).name
         if stop.is_set():
             log.warning("second %s: exiting at once, requests in flight are cut", name)
-            _exit_now(128 + signum)
+            runtime.exit_now(128 + signum)
         log.info("%s: draining (send it again to exit at once)", name)
         stop.set()
 
@@ -267,13 +256,6 @@ async def _serve(sidecar: Sidecar, banner: str = "") -> int:
         for sig in (*SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     return 0
-
-
-def _exit_now(code: int) -> None:
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stdout.flush()
-    os._exit(code)
 
 
 def _inject(args: argparse.Namespace) -> int:

@@ -27,10 +27,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
-from proxy import assembly, logs
+from proxy import assembly, logs, runtime
 from proxy.config import Settings
 from proxy.downstream.http import HttpFront
 from proxy.forwarding import Forwarder
@@ -182,7 +182,7 @@ async def _unless_orphaned(reading: asyncio.Task[None], work: Awaitable[T]) -> T
     await asyncio.wait([reading, task], return_when=asyncio.FIRST_COMPLETED)
     if not task.done():
         log.warning("the parent process is gone: exiting at once")
-        _exit_now(1)
+        runtime.exit_now(1)
     return task.result()
 
 
@@ -190,12 +190,6 @@ async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _exit_now(code: int) -> None:
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    os._exit(code)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -213,14 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # credentials are the parent's to reload
     logs.reseed_request_ids()  # a fresh interpreter has its own prefix already; this keeps it so however started
     logs.configure(worker=args.index)
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if args.event_loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
     try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(serve(args.index, args.channel, args.handoff))
+        return runtime.run_on_loop(serve(args.index, args.channel, args.handoff), args.event_loop)
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is ignored; kept for a worker run by hand
         return 130
     finally:
