@@ -190,7 +190,7 @@ class HttpFront:
             self._server = await loop.create_unix_server(lambda: HttpConnection(self), sock=sock)
         else:
             self._server = await loop.create_server(
-                lambda: HttpConnection(self), address.host, address.port, backlog=1024, reuse_address=True
+                lambda: HttpConnection(self), address.host, address.port, backlog=unix.BACKLOG, reuse_address=True
             )
             self.port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-BACKLOG = 1024
+BACKLOG = 1024  # the HTTP listener's, TCP or Unix, with or without workers
 PROBE_TIMEOUT = 1.0  # seconds to learn whether a socket already in place is served
 
 

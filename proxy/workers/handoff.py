@@ -6,7 +6,7 @@ Rules:
    it, and removed on stop) and is the only process that accepts on it. Descriptor passing does not
    care about the address family: workers serve Unix-socket callers exactly as TCP ones.
 2. The listening sockets are read only while at least one worker is serving; otherwise connections wait
-   in the kernel's backlog (up to BACKLOG), so nothing is refused while a worker restarts.
+   in the kernel's backlog (up to unix.BACKLOG), so nothing is refused while a worker restarts.
 3. Each accepted connection goes to the next serving worker, round robin, so N connections opened at
    once are spread evenly: a caller's few long-lived keep-alive connections land on different workers.
 4. A hand-off that cannot be written at once (that worker's queue is full: it is stuck) goes to the next
@@ -33,7 +33,6 @@ from proxy.downstream import unix
 
 log = logging.getLogger("serving_sidecar")
 
-BACKLOG = 1024
 ACCEPT_BATCH = 64  # connections accepted per readiness event, so a flood cannot starve the parent's loop
 FD_PAUSE = 1.0
 _MARK = b"c"  # the byte each descriptor travels with
@@ -55,7 +54,7 @@ def listen(
     """Listening sockets for `address` (every address a host resolves to, one port; or one Unix socket
     file, secured with `mode` and `group` before it listens), non-blocking (rule 1)."""
     if isinstance(address, UnixAddress):
-        sock, made = unix.listening_socket(address.path, mode=mode, group=group, backlog=BACKLOG)
+        sock, made = unix.listening_socket(address.path, mode=mode, group=group)
         return [sock], made
     infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
@@ -69,7 +68,7 @@ def listen(
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((sockaddr[0], port, *sockaddr[2:]))
             port = sock.getsockname()[1]
-            sock.listen(BACKLOG)
+            sock.listen(unix.BACKLOG)
             sock.setblocking(False)
     except OSError:
         for sock in sockets:
